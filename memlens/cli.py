@@ -1,0 +1,120 @@
+"""The ``memlens`` command line: a thin layer over the library.
+
+    memlens data {fda,thr} [--preset P] [--seed N] [--noise-rate R] [--show K] [--export FILE]
+    memlens train {fda,thr} [--preset P] [--seed N] [--noise-rate R] [--out DIR] [--resume] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from typing import Any, Sequence
+
+from memlens.config import ConfigError
+from memlens.presets import DEFAULT_PRESET, PRESET_NAMES
+from memlens.tasks import TASKS
+
+
+def _parse_sets(pairs: Sequence[str]) -> dict[str, str]:
+    """``["train.steps=100", ...]`` to ``{"train.steps": "100"}``."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r} is invalid: expected SECTION.FIELD=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("task", choices=sorted(TASKS), help="fda (addition) or thr (two-hop)")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESET_NAMES)
+    p.add_argument("--seed", type=int, default=0, help="seed of data, noise, init and batches")
+    p.add_argument("--noise-rate", type=float, default=None, help="fraction of noisy labels")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override any preset field, e.g. task.n_train=5000 (repeatable)")
+
+
+def _task_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``--set task.X=V`` and ``--noise-rate`` as task-config overrides."""
+    sets = _parse_sets(args.sets)
+    overrides: dict[str, Any] = {}
+    for key, value in sets.items():
+        section, _, name = key.partition(".")
+        if section != "task" or not name:
+            raise ConfigError(f"--set {key}={value} is invalid here: `memlens data` takes task.FIELD only")
+        overrides[name] = value
+    if args.noise_rate is not None:
+        overrides["noise_rate"] = args.noise_rate
+    return overrides
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from memlens.tasks import make_task
+    from memlens.tasks.export import export_jsonl, format_record
+
+    if args.show < 0:
+        raise ConfigError(f"--show {args.show} is invalid: expected an integer >= 0")
+    task = make_task(args.task, args.preset, **_task_overrides(args))
+    start = time.perf_counter()
+    data = task.generate(seed=args.seed)
+    elapsed = time.perf_counter() - start
+    print(f"memlens data {args.task} --preset {args.preset} --seed {args.seed}")
+    print(f"config: {json.dumps(dataclasses.asdict(task.config))}")
+    stats = dict(data.stats, hash=data.content_hash[:16], generate_seconds=round(elapsed, 3))
+    print("stats:  " + ", ".join(f"{k}={v}" for k, v in stats.items()))
+    if hasattr(task, "layout"):
+        print("layout: " + ", ".join(f"{k}={v}" for k, v in task.layout.describe().items()))
+    if args.export:
+        rows = export_jsonl(task, data, args.export)
+        print(f"exported {rows} examples to {args.export}")
+    noisy_first = [i for i in range(len(data.train)) if data.train.is_noisy[i]][:1]
+    shown = noisy_first + [i for i in range(args.show) if i not in noisy_first]
+    for i in shown[: args.show]:
+        print(format_record(task.record(data.train, i, "train")))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from memlens.training.cli import run_train_command
+
+    return run_train_command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memlens", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="print or export a task's examples with intermediates")
+    _add_common(p)
+    p.add_argument("--show", type=int, default=5, metavar="K", help="examples to print")
+    p.add_argument("--export", default=None, metavar="FILE.jsonl",
+                   help="write every example as one JSON object per line")
+    p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("train", help="train a model and write a run directory")
+    _add_common(p)
+    p.add_argument("--out", default=None, help="run directory (default runs/TASK-PRESET-sSEED)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--steps", type=int, default=None, help="training steps (overrides the preset)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        print(f"memlens {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
