@@ -4,7 +4,9 @@ Tasks, training and analyses on TransformerLens' ``HookedTransformer``; see READ
 """
 
 from memlens.tasks import Dataset, Examples, make_task
+from memlens.training import Run, load_run, make_run_config, train
 
 __version__ = "0.1.0"
 
-__all__ = ["Dataset", "Examples", "make_task", "__version__"]
+__all__ = ["Dataset", "Examples", "Run", "load_run", "make_run_config", "make_task", "train",
+           "__version__"]

@@ -81,7 +81,9 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from memlens.training.cli import run_train_command
 
-    return run_train_command(args)
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--steps {args.steps} is invalid: expected an integer >= 1")
+    return run_train_command(args, _parse_sets(args.sets))
 
 
 def build_parser() -> argparse.ArgumentParser:

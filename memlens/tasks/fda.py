@@ -171,6 +171,10 @@ class FDATask:
         self._digit0 = self.tokenizer.token_to_id("0")
 
     @property
+    def seq_len(self) -> int:
+        return self.layout.seq_len
+
+    @property
     def intermediate_names(self) -> tuple[str, ...]:
         names = ("operand", "column_sum", "carry", "answer_digit", "sum")
         return names + (("partial_sum",) if self.config.n_operands > 2 else ())

@@ -113,6 +113,8 @@ class THRTask:
         self._relation0 = self.tokenizer.token_to_id("r0")
         self.answer_pos = [ANSWER_POS]
 
+    seq_len = ANSWER_POS + 2
+
     intermediate_names = ("head_entity", "relation_1", "relation_2", "bridge_entity",
                           "answer_entity", "n_hops")
 
@@ -168,7 +170,7 @@ class THRTask:
         stats = {
             "n_atomic": c.n_atomic, "n_inferred_train": c.n_inferred_train, "n_test": c.n_test,
             "n_two_hop_total": c.n_two_hop, "n_noisy": int(is_noisy.sum()),
-            "seq_len": ANSWER_POS + 2, "vocab_size": len(self.tokenizer),
+            "seq_len": self.seq_len, "vocab_size": len(self.tokenizer),
         }
         return Dataset(
             train=self._examples(train, label_entity, is_noisy),

@@ -1,0 +1,160 @@
+"""Training configuration and the full run configuration (task + model + training)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from memlens.config import ConfigError, require, require_choice, require_int, require_number
+from memlens.models import ModelConfig
+from memlens.presets import get_preset
+from memlens.tasks import TASKS, task_config
+
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """AdamW with linear warmup and a schedule; answer-only loss; evaluation cadence.
+
+    Evaluation runs at ``eval_log_points`` log-spaced steps (dense early, where the first phase
+    happens), at every multiple of ``eval_every``, and at the last step, on a fixed seeded subset
+    of at most ``eval_max_per_split`` examples per split (all of a smaller split), so that
+    evaluation stays a small share of training time. Weights are checkpointed
+    at ``checkpoint_log_points`` log-spaced evaluation steps and at the end.
+
+    >>> TrainConfig(steps=1000, eval_every=250).eval_steps()[:6]
+    [0, 1, 2, 4, 7, 12]
+    """
+
+    steps: int = 4_000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eval_every: int = 250
+    eval_log_points: int = 16
+    eval_max_per_split: int = 2_000
+    eval_batch_size: int = 4_096
+    checkpoint_log_points: int = 8
+    resume_every: int = 250
+
+    def __post_init__(self) -> None:
+        require_int(self.steps, "steps", 1)
+        require_int(self.batch_size, "batch_size", 1)
+        require_number(self.lr, "lr", 0.0, None, low_open=True)
+        require_number(self.weight_decay, "weight_decay", 0.0)
+        require_int(self.warmup_steps, "warmup_steps", 0)
+        require_choice(self.schedule, "schedule", SCHEDULES)
+        require_number(self.min_lr_ratio, "min_lr_ratio", 0.0, 1.0)
+        require_number(self.grad_clip, "grad_clip", 0.0)
+        require_number(self.beta1, "beta1", 0.0, 1.0, high_open=True)
+        require_number(self.beta2, "beta2", 0.0, 1.0, high_open=True)
+        require_int(self.eval_every, "eval_every", 1)
+        require_int(self.eval_log_points, "eval_log_points", 0)
+        require_int(self.eval_max_per_split, "eval_max_per_split", 1)
+        require_int(self.eval_batch_size, "eval_batch_size", 1)
+        require_int(self.checkpoint_log_points, "checkpoint_log_points", 0)
+        require_int(self.resume_every, "resume_every", 1)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for the update that ends at ``step + 1`` (0-based update index)."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return self.lr
+        span = max(1, self.steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        if self.schedule == "cosine":
+            factor = 0.5 * (1 + math.cos(math.pi * progress))
+        else:
+            factor = 1 - progress
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * factor)
+
+    def _log_steps(self, points: int) -> set[int]:
+        if points <= 0:
+            return set()
+        return {int(round(s)) for s in np.geomspace(1, self.steps, points)}
+
+    def eval_steps(self) -> list[int]:
+        """Steps (updates done) after which the model is evaluated; 0 is the initialization."""
+        steps = {0, self.steps} | self._log_steps(self.eval_log_points)
+        steps |= set(range(self.eval_every, self.steps + 1, self.eval_every))
+        return sorted(steps)
+
+    def checkpoint_steps(self) -> list[int]:
+        """Log-spaced evaluation steps whose weights are kept, plus the last step."""
+        evals = np.array(self.eval_steps()[1:])
+        keep = {self.steps}
+        for target in self._log_steps(self.checkpoint_log_points):
+            keep.add(int(evals[np.abs(np.log(evals) - np.log(target)).argmin()]))
+        return sorted(keep)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything needed to rebuild the task, tokenizer, model and training of a run."""
+
+    task: str
+    preset: str
+    seed: int
+    task_config: dict[str, Any]
+    model: ModelConfig
+    train: TrainConfig
+
+    def __post_init__(self) -> None:
+        require_choice(self.task, "task", sorted(TASKS))
+        require_int(self.seed, "seed", 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task, "preset": self.preset, "seed": self.seed,
+            "task_config": dict(self.task_config), "model": asdict(self.model),
+            "train": asdict(self.train),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        from memlens.config import from_dict
+
+        try:
+            return cls(
+                task=data["task"], preset=data["preset"], seed=data["seed"],
+                task_config=dict(data["task_config"]),
+                model=from_dict(ModelConfig, data["model"]),
+                train=from_dict(TrainConfig, data["train"]),
+            )
+        except KeyError as err:
+            raise ConfigError(f"run config is missing the field {err}") from None
+
+    def fingerprint(self) -> str:
+        """A short hash of the configuration; checkpoints carry it to detect mismatches."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def make_run_config(task: str, preset: str = "small", seed: int = 0,
+                    overrides: dict[str, Any] | None = None) -> RunConfig:
+    """A validated run config from a preset and ``{"section.field": value}`` overrides.
+
+    >>> cfg = make_run_config("fda", "tiny", seed=1, overrides={"train.steps": "50"})
+    >>> cfg.train.steps, cfg.task_config["n_digits"]
+    (50, 2)
+    """
+    from memlens.config import apply_overrides
+
+    preset_obj = get_preset(task, preset).with_overrides(overrides or {})
+    tcfg = task_config(task, None, **preset_obj.task)
+    model = apply_overrides(ModelConfig(), preset_obj.model)
+    train = apply_overrides(TrainConfig(), preset_obj.train)
+    return RunConfig(task=task, preset=preset, seed=seed, task_config=asdict(tcfg), model=model,
+                     train=train)

@@ -1,0 +1,197 @@
+"""The run directory: what training writes and every analysis reads.
+
+    RUN/config.json            run config (task, model, training), dataset hash, versions
+    RUN/tokenizer.json         the word-level tokenizer
+    RUN/metrics.jsonl          one JSON object per evaluation step
+    RUN/checkpoints/step_NNNNNNN.safetensors   log-spaced weights
+    RUN/checkpoints/resume.safetensors         latest weights + AdamW state (for --resume)
+    RUN/final.safetensors      final weights (present once training finished)
+    RUN/summary.json           final metrics, phase summary, wall time (present once finished)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from memlens.config import ConfigError
+from memlens.io import atomic_write_json, atomic_write_text
+from memlens.tasks import Dataset, Examples, MemlensTokenizer, task_from_config
+from memlens.training.config import RunConfig
+
+CONFIG, TOKENIZER, METRICS, FINAL, SUMMARY = (
+    "config.json", "tokenizer.json", "metrics.jsonl", "final.safetensors", "summary.json"
+)
+CHECKPOINTS = "checkpoints"
+RESUME = "resume.safetensors"
+
+
+class RunDirError(RuntimeError):
+    """A run directory is missing files, holds another run, or cannot be used as asked."""
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return run_dir / CHECKPOINTS / f"step_{step:07d}.safetensors"
+
+
+def versions() -> dict[str, str]:
+    import torch
+    import transformer_lens
+
+    import memlens
+
+    return {
+        "memlens": memlens.__version__, "torch": torch.__version__,
+        "transformer_lens": getattr(transformer_lens, "__version__", "unknown"),
+        "python": platform.python_version(),
+    }
+
+
+def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> bool:
+    """Check ``run_dir`` before any work; returns True when an existing run is to be continued.
+
+    Refuses a directory that holds a different run, one that holds this run without
+    ``resume`` (never overwrite silently), and a non-empty directory that is not a run.
+    """
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        if resume:
+            raise RunDirError(f"--resume given but {run_dir} holds no run to continue")
+        return False
+    config_file = run_dir / CONFIG
+    if not config_file.exists():
+        raise RunDirError(f"{run_dir} is not empty and is not a memlens run directory "
+                          f"(no {CONFIG}); choose another --out")
+    try:
+        stored = json.loads(config_file.read_text())["run"]
+    except (json.JSONDecodeError, KeyError) as err:
+        raise RunDirError(f"{config_file} is corrupted ({err}); choose another --out") from None
+    new = config.to_dict()
+    if stored != new:
+        diffs = _diff(stored, new)
+        raise RunDirError(f"{run_dir} holds a different run (differs in {', '.join(diffs)}); "
+                          "choose another --out")
+    if not resume:
+        state = "a finished run" if (run_dir / FINAL).exists() else "an unfinished run"
+        raise RunDirError(f"{run_dir} already holds {state} of this config; pass --resume to "
+                          "continue it, or choose another --out")
+    return True
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += _diff(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [f"{prefix[:-1]} ({a!r} vs {b!r})"]
+
+
+def write_run_header(run_dir: Path, config: RunConfig, dataset: Dataset, tokenizer: MemlensTokenizer,
+                     device: str) -> None:
+    """config.json and tokenizer.json, written before training starts."""
+    (run_dir / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / CONFIG, {
+        "run": config.to_dict(), "dataset_hash": dataset.content_hash,
+        "dataset_stats": dict(dataset.stats), "versions": versions(), "device": device,
+        "fingerprint": config.fingerprint(),
+    })
+    tokenizer.save(run_dir / TOKENIZER)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / METRICS
+    if not path.exists():
+        return []
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise RunDirError(f"{path} line {n} is not valid JSON") from None
+    return rows
+
+
+def write_metrics(run_dir: Path, rows: list[dict]) -> None:
+    """Rewrite metrics.jsonl atomically (it holds a few dozen lines)."""
+    atomic_write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+@dataclass
+class Run:
+    """A trained run: model, task, tokenizer, data splits and metrics.
+
+    Load one with :func:`load_run`. ``splits`` holds ``train_clean``, ``train_noisy`` and
+    ``test`` as :class:`~memlens.tasks.Examples`.
+    """
+
+    path: Path
+    config: RunConfig
+    task: Any
+    tokenizer: MemlensTokenizer
+    model: Any
+    dataset: Dataset
+    metrics: pd.DataFrame
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def splits(self) -> dict[str, Examples]:
+        return self.dataset.splits
+
+
+def load_run(path: str | os.PathLike, checkpoint: str | int = "final", device: str = "cpu") -> Run:
+    """Load a run directory written by ``memlens train``.
+
+    ``checkpoint`` is ``"final"``, ``"resume"`` (the latest state of an unfinished run) or a
+    step number of a kept checkpoint. The dataset is regenerated from the config and checked
+    against the recorded hash. Nothing is unpickled.
+
+    >>> from memlens.training import train, make_run_config   # doctest: +SKIP
+    >>> run = load_run("runs/fda-small-s0")                     # doctest: +SKIP
+    >>> run.model.cfg.n_layers, len(run.splits["train_noisy"])  # doctest: +SKIP
+    (2, 500)
+    """
+    from memlens.models import build_model
+    from memlens.training.checkpoint import load_weights
+
+    run_dir = Path(path)
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} does not exist")
+    if checkpoint == "final":
+        weights = run_dir / FINAL
+    elif checkpoint == "resume":
+        weights = run_dir / CHECKPOINTS / RESUME
+    elif isinstance(checkpoint, int):
+        weights = checkpoint_path(run_dir, checkpoint)
+    else:
+        raise ConfigError(f"checkpoint={checkpoint!r} is invalid: expected 'final', 'resume' or a step")
+    missing = [p.name for p in (run_dir / CONFIG, run_dir / TOKENIZER, run_dir / METRICS, weights)
+               if not p.exists()]
+    if missing:
+        hint = " (training has not finished: pass --resume to continue it)" if FINAL in missing else ""
+        raise RunDirError(f"{run_dir} is missing {', '.join(missing)}{hint}")
+    try:
+        header = json.loads((run_dir / CONFIG).read_text())
+        config = RunConfig.from_dict(header["run"])
+    except (json.JSONDecodeError, KeyError) as err:
+        raise RunDirError(f"{run_dir / CONFIG} is corrupted: {err}") from None
+    task = task_from_config(config.task, config.task_config)
+    dataset = task.generate(config.seed)
+    if dataset.content_hash != header.get("dataset_hash"):
+        raise RunDirError(f"the regenerated dataset does not match {run_dir}'s recorded hash "
+                          "(was it written by another memlens version?)")
+    tokenizer = MemlensTokenizer.load(run_dir / TOKENIZER)
+    if tokenizer.vocab != task.tokenizer.vocab:
+        raise RunDirError(f"{run_dir / TOKENIZER} does not match the task's vocabulary")
+    model = build_model(config.model, task, seed=config.seed, device="cpu")
+    load_weights(weights, model, fingerprint=config.fingerprint())
+    model.to(device).eval()
+    summary = json.loads((run_dir / SUMMARY).read_text()) if (run_dir / SUMMARY).exists() else {}
+    return Run(path=run_dir, config=config, task=task, tokenizer=tokenizer, model=model,
+               dataset=dataset, metrics=pd.DataFrame(read_metrics(run_dir)), summary=summary)

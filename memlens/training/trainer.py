@@ -1,0 +1,210 @@
+"""The training loop: AdamW, warmup and schedule, answer-only loss, evaluation, checkpoints.
+
+Batches are a pure function of (seed, step): each epoch is a fresh permutation drawn from a
+generator seeded with (seed, epoch), so a resumed run sees exactly the batches an uninterrupted
+one would, and no sampler state has to be saved.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from memlens.models import build_model
+from memlens.tasks import Dataset, Examples, task_from_config
+from memlens.training import run as rundir
+from memlens.training.checkpoint import load_resume_state, save_resume_state, save_weights
+from memlens.training.config import RunConfig
+from memlens.training.metrics import answer_logits, answer_loss, evaluate, phase_summary
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` is CUDA when present, else CPU; asking for CUDA without one is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for but no CUDA device is available")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r} is invalid: expected 'auto', 'cpu' or 'cuda'")
+    return device
+
+
+class BatchSampler:
+    """Indices of the batch for each step, without replacement within an epoch."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self._epoch, self._perm = -1, None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            epoch_seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
+            gen = torch.Generator().manual_seed(epoch_seed)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=gen)
+        return self._perm
+
+    def indices(self, step: int) -> torch.Tensor:
+        start, need, parts = step * self.batch_size, self.batch_size, []
+        while need > 0:  # a batch may straddle two epochs
+            epoch, offset = divmod(start, self.n)
+            take = min(need, self.n - offset)
+            parts.append(self._permutation(epoch)[offset:offset + take])
+            start, need = start + take, need - take
+        return torch.cat(parts)
+
+
+def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
+    """AdamW; weight decay on weight matrices only, not on biases and LayerNorm parameters."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+    )
+
+
+def eval_splits(dataset: Dataset, max_per_split: int, seed: int) -> dict[str, Examples]:
+    """The evaluation splits, each capped at a fixed, seeded subset of ``max_per_split``."""
+    splits = dataset.splits
+    gen = torch.Generator().manual_seed(seed)
+    for name, examples in splits.items():
+        if len(examples) > max_per_split:
+            keep = torch.randperm(len(examples), generator=gen)[:max_per_split].sort().values
+            splits[name] = examples[keep]
+    return splits
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    final_metrics: dict
+    phases: dict
+    wall_seconds: float
+    steps_per_second: float
+
+
+def train(config: RunConfig, out_dir: str | Path, device: str = "auto", resume: bool = False,
+          progress: bool = True, callback: Callable[[int, dict | None], None] | None = None,
+          ) -> TrainResult:
+    """Train a model for ``config`` and write the run directory ``out_dir``.
+
+    ``callback(step, metrics_or_None)`` runs after every update (with the new metrics row after
+    an evaluation); an exception it raises stops training, and ``resume=True`` continues later.
+
+    >>> from memlens.training import make_run_config
+    >>> import tempfile
+    >>> cfg = make_run_config("fda", "tiny", overrides={"train.steps": 20})
+    >>> result = train(cfg, tempfile.mkdtemp() + "/run", progress=False)
+    >>> sorted(result.final_metrics)[:2]
+    ['noisy_memorized_acc', 'noisy_memorized_loss']
+    """
+    run_dir = Path(out_dir)
+    continuing = rundir.prepare_run_dir(run_dir, config, resume)
+    device = resolve_device(device)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    if device == "cpu":
+        # CPU embedding backward accumulates in a thread-dependent order unless told otherwise;
+        # deterministic kernels make a resumed run bit-identical to an uninterrupted one.
+        torch.use_deterministic_algorithms(True)
+    try:
+        return _train(config, run_dir, device, continuing, progress, callback)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(config: RunConfig, run_dir: Path, device: str, continuing: bool, progress: bool,
+           callback: Callable[[int, dict | None], None] | None) -> TrainResult:
+    if continuing and (run_dir / rundir.FINAL).exists():
+        summary = json.loads((run_dir / rundir.SUMMARY).read_text())
+        return TrainResult(run_dir, summary["final_metrics"], summary["phases"],
+                           summary["wall_seconds"], summary["steps_per_second"])
+
+    task = task_from_config(config.task, config.task_config)
+    dataset = task.generate(config.seed)
+    fingerprint = config.fingerprint()
+    if not continuing:
+        rundir.write_run_header(run_dir, config, dataset, task.tokenizer, device)
+    else:
+        header = json.loads((run_dir / rundir.CONFIG).read_text())
+        if header.get("dataset_hash") != dataset.content_hash:
+            raise rundir.RunDirError(f"{run_dir}: the regenerated dataset does not match its hash")
+
+    model = build_model(config.model, task, seed=config.seed, device=device)
+    tcfg = config.train
+    optimizer = make_optimizer(model, tcfg)
+    start_step, rows = 0, []
+    resume_file = run_dir / rundir.CHECKPOINTS / rundir.RESUME
+    if continuing and resume_file.exists():
+        start_step = load_resume_state(resume_file, model, optimizer, fingerprint)
+        rows = [r for r in rundir.read_metrics(run_dir) if r["step"] <= start_step]
+    wall_offset = rows[-1]["wall_s"] if rows else 0.0
+
+    train_set = dataset.train.to(device)
+    splits = eval_splits(dataset, tcfg.eval_max_per_split, config.seed)
+    sampler = BatchSampler(len(train_set), tcfg.batch_size, config.seed)
+    eval_steps = set(tcfg.eval_steps())
+    checkpoint_steps = set(tcfg.checkpoint_steps())
+    answer_pos = train_set.answer_pos
+
+    def log_eval(step: int) -> dict:
+        row = {"step": step, **evaluate(model, splits, tcfg.eval_batch_size),
+               "lr": tcfg.lr_at(max(step - 1, 0)), "wall_s": round(wall_offset + time.perf_counter() - t0, 3)}
+        rows.append(row)
+        rundir.write_metrics(run_dir, rows)
+        return row
+
+    t0 = time.perf_counter()
+    if start_step == 0:
+        rows = []
+        log_eval(0)
+    bar = tqdm(total=tcfg.steps, initial=start_step, disable=not progress, desc=f"{config.task} s{config.seed}",
+               dynamic_ncols=True)
+    model.train()
+    for step in range(start_step, tcfg.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = tcfg.lr_at(step)
+        idx = sampler.indices(step).to(device)
+        loss = answer_loss(answer_logits(model, train_set.tokens[idx], answer_pos), train_set.labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tcfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        optimizer.step()
+        done = step + 1
+        bar.update(1)
+        if done in eval_steps:
+            row = log_eval(done)
+            bar.set_postfix(loss=f"{loss.item():.3f}", test=f"{row['test_acc']:.3f}",
+                            clean=f"{row['train_clean_acc']:.3f}", mem=f"{row['noisy_memorized_acc']:.3f}",
+                            true=f"{row['noisy_true_acc']:.3f}")
+        if done in checkpoint_steps:
+            save_weights(rundir.checkpoint_path(run_dir, done), model, done, fingerprint)
+        if done % tcfg.resume_every == 0 or done == tcfg.steps:
+            save_resume_state(resume_file, model, optimizer, done, fingerprint)
+        if callback is not None:
+            callback(done, rows[-1] if rows[-1]["step"] == done else None)
+    bar.close()
+
+    wall = wall_offset + time.perf_counter() - t0
+    trained_steps = tcfg.steps - start_step
+    steps_per_second = trained_steps / max(time.perf_counter() - t0, 1e-9)
+    final = {k: v for k, v in rows[-1].items() if k not in ("step", "lr", "wall_s")}
+    phases = phase_summary(pd.DataFrame(rows))
+    save_weights(run_dir / rundir.FINAL, model, tcfg.steps, fingerprint)
+    from memlens.io import atomic_write_json
+
+    atomic_write_json(run_dir / rundir.SUMMARY, {
+        "final_metrics": final, "phases": phases, "wall_seconds": round(wall, 2),
+        "steps_per_second": round(steps_per_second, 2), "device": device,
+        "torch_threads": torch.get_num_threads(),
+    })
+    return TrainResult(run_dir, final, phases, wall, steps_per_second)
