@@ -2,6 +2,7 @@
 
     memlens data {fda,thr} [--preset P] [--seed N] [--noise-rate R] [--show K] [--export FILE]
     memlens train {fda,thr} [--preset P] [--seed N] [--noise-rate R] [--out DIR] [--resume] ...
+    memlens analyze RUN_DIR [--only NAME,...]
 """
 
 from __future__ import annotations
@@ -86,6 +87,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return run_train_command(args, _parse_sets(args.sets))
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from memlens.analysis.common import AnalysisError
+    from memlens.analysis.registry import analyze_run, parse_only
+    from memlens.training.run import RunDirError
+
+    try:
+        parse_only(args.only)  # refuse an unknown name before loading anything
+        analyze_run(args.run_dir, args.only)
+    except (AnalysisError, RunDirError) as err:
+        print(f"memlens analyze: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memlens", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="training steps (overrides the preset)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("analyze", help="run analyses on a run directory (writes RUN/analysis/*.json)")
+    p.add_argument("run_dir", help="a directory written by `memlens train`")
+    p.add_argument("--only", default=None, metavar="NAME,...", help="analyses to run (default: all)")
+    p.set_defaults(func=_cmd_analyze)
     return parser
 
 

@@ -57,5 +57,18 @@ def task_from_config(name: str, config: dict[str, Any]) -> Task:
 __all__ = [
     "SPLITS", "TASKS", "Dataset", "Examples", "FDAConfig", "FDALayout", "FDATask",
     "MemlensTokenizer", "THRConfig", "THRTask", "Task", "make_task", "task_config",
-    "task_from_config",
+    "task_from_config", "task_for", "dataset_for",
 ]
+
+
+def task_for(examples: Examples) -> Task:
+    """Rebuild the task that generated ``examples`` (from ``examples.origin``)."""
+    if not examples.origin:
+        raise ConfigError("these Examples carry no origin (task config and seed): pass the task "
+                          "explicitly")
+    return task_from_config(examples.origin["task"], examples.origin["config"])
+
+
+def dataset_for(examples: Examples) -> Dataset:
+    """Regenerate the whole dataset that ``examples`` came from (same config and seed)."""
+    return task_for(examples).generate(examples.origin["seed"])

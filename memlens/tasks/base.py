@@ -25,7 +25,8 @@ class Examples:
     """A batch of task examples with their labels, noise flags and intermediate results.
 
     ``labels`` is the trained target (the noisy label where ``is_noisy``); ``true_labels`` is
-    always correct. ``intermediates`` maps a name (``column_sum``, ``carry``, ``bridge_entity``,
+    always correct. ``origin`` (``{"task", "config", "seed"}``, set by the generator, not part of
+    the content hash) lets analyses rebuild the task and its data. ``intermediates`` maps a name (``column_sum``, ``carry``, ``bridge_entity``,
     ...) to a tensor whose first dimension is the example. Indexing gives :class:`Examples`:
 
     >>> from memlens.tasks import make_task
@@ -42,6 +43,7 @@ class Examples:
     is_noisy: Bool[Tensor, " n"]
     intermediates: dict[str, Tensor] = field(default_factory=dict)
     task_name: str = ""
+    origin: dict | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         n = self.tokens.shape[0]
@@ -78,6 +80,7 @@ class Examples:
             is_noisy=self.is_noisy[index],
             intermediates={k: v[index] for k, v in self.intermediates.items()},
             task_name=self.task_name,
+            origin=self.origin,
         )
 
     @property
@@ -94,6 +97,7 @@ class Examples:
             is_noisy=self.is_noisy.to(device),
             intermediates={k: v.to(device) for k, v in self.intermediates.items()},
             task_name=self.task_name,
+            origin=self.origin,
         )
 
     @staticmethod
@@ -115,6 +119,7 @@ class Examples:
             is_noisy=torch.cat([p.is_noisy for p in parts]),
             intermediates={k: torch.cat([p.intermediates[k] for p in parts]) for k in first.intermediates},
             task_name=first.task_name,
+            origin=first.origin if all(p.origin == first.origin for p in parts) else None,
         )
 
     def content_hash(self) -> str:
@@ -141,6 +146,11 @@ class Dataset:
     task_name: str
     seed: int
     stats: Mapping[str, Any] = field(default_factory=dict)
+    task_config: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.train.origin = self.test.origin = {
+            "task": self.task_name, "config": dict(self.task_config), "seed": self.seed}
 
     @property
     def splits(self) -> dict[str, Examples]:

@@ -27,7 +27,7 @@ name               shape                       meaning
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -199,7 +199,8 @@ class FDATask:
             "n_train": c.n_train, "n_test": c.n_test, "n_noisy": int(is_noisy.sum()),
             "seq_len": self.layout.seq_len, "vocab_size": len(self.tokenizer),
         }
-        return Dataset(train=train, test=test, task_name=self.name, seed=seed, stats=stats)
+        return Dataset(train=train, test=test, task_name=self.name, seed=seed, stats=stats,
+                       task_config=asdict(c))
 
     def _wrong_sums(self, totals: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         c = self.config

@@ -32,7 +32,7 @@ name                  shape    meaning
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -175,7 +175,7 @@ class THRTask:
         return Dataset(
             train=self._examples(train, label_entity, is_noisy),
             test=self._examples(test, test["answer_entity"], np.zeros(c.n_test, dtype=bool)),
-            task_name=self.name, seed=seed, stats=stats,
+            task_name=self.name, seed=seed, stats=stats, task_config=asdict(c),
         )
 
     def _examples(self, parts: dict[str, np.ndarray], label_entity: np.ndarray,

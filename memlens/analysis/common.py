@@ -1,0 +1,152 @@
+"""Shared pieces of the analyses: input checks, hook names, chunked caching, result I/O.
+
+Every analysis is a pure function ``(model, examples, ...) -> Result`` and checks its inputs
+before the first forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from memlens.tasks.base import Examples
+
+
+class AnalysisError(ValueError):
+    """Bad input to an analysis: named, and raised before any forward pass."""
+
+
+def model_task_name(model) -> str | None:
+    """The memlens task a model was built for, read from its tokenizer (``memlens-fda`` ...)."""
+    tok = getattr(model, "tokenizer", None)
+    name = getattr(tok, "name_or_path", "") or ""
+    return name.removeprefix("memlens-") if name.startswith("memlens-") else None
+
+
+def check_examples(model, examples: Examples, what: str = "examples") -> None:
+    """Refuse examples that are empty, of another task, or that do not fit the model."""
+    if len(examples) == 0:
+        raise AnalysisError(f"{what} is empty: an analysis needs at least one example")
+    task = model_task_name(model)
+    if task is not None and examples.task_name and examples.task_name != task:
+        raise AnalysisError(f"{what} are {examples.task_name!r} examples but the model was built "
+                            f"for the {task!r} task")
+    if examples.tokens.shape[1] > model.cfg.n_ctx:
+        raise AnalysisError(f"{what} have {examples.tokens.shape[1]} positions; the model takes "
+                            f"at most {model.cfg.n_ctx}")
+    top = int(examples.tokens.max())
+    if top >= model.cfg.d_vocab:
+        raise AnalysisError(f"{what} hold token id {top}, outside the model's vocabulary of "
+                            f"{model.cfg.d_vocab}: examples from another tokenizer?")
+
+
+def check_groups(model, groups: Mapping[str, Examples]) -> None:
+    if not groups:
+        raise AnalysisError("no groups of examples were given")
+    for name, examples in groups.items():
+        check_examples(model, examples, what=f"group {name!r}")
+
+
+def check_layers(model, layers: Iterable[int] | None, allow_final: bool = False) -> list[int]:
+    """Layer indices, all of them by default; out of range is an error naming the range."""
+    n = model.cfg.n_layers + (1 if allow_final else 0)
+    if layers is None:
+        return list(range(n))
+    layers = [int(x) for x in layers]
+    bad = [x for x in layers if not 0 <= x < n]
+    if bad:
+        raise AnalysisError(f"layer(s) {bad} out of range: the model has layers 0..{n - 1}")
+    return layers
+
+
+def check_positions(examples: Examples, positions: Iterable[int] | None) -> list[int]:
+    n = examples.tokens.shape[1]
+    if positions is None:
+        return list(range(n))
+    positions = [int(p) for p in positions]
+    bad = [p for p in positions if not 0 <= p < n]
+    if bad:
+        raise AnalysisError(f"position(s) {bad} out of range: sequences have positions 0..{n - 1}")
+    return positions
+
+
+def resid_point_names(n_layers: int, with_mid: bool = True) -> list[tuple[str, str]]:
+    """Residual-stream points in order: (label, hook name). ``pre0, mid0, pre1, ..., post``."""
+    points = []
+    for layer in range(n_layers):
+        points.append((f"L{layer}.pre", f"blocks.{layer}.hook_resid_pre"))
+        if with_mid:
+            points.append((f"L{layer}.mid", f"blocks.{layer}.hook_resid_mid"))
+    points.append((f"L{n_layers - 1}.post", f"blocks.{n_layers - 1}.hook_resid_post"))
+    return points
+
+
+def chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def cached_activations(model, tokens: Tensor, hook_names: list[str], positions: list[int] | None = None,
+                       chunk_size: int = 1024) -> dict[str, Tensor]:
+    """Activations at ``hook_names`` (only those: ``names_filter``), for ``positions``, on the CPU.
+
+    Cached chunk by chunk so that memory stays bounded by ``chunk_size`` sequences of the
+    requested hooks, never the whole cache.
+    """
+    wanted = set(hook_names)
+    out: dict[str, list[Tensor]] = {name: [] for name in hook_names}
+    device = model_device(model)
+    for part in chunks(len(tokens), chunk_size):
+        _, cache = model.run_with_cache(tokens[part].to(device), names_filter=lambda n: n in wanted,
+                                        return_type=None)
+        for name in hook_names:
+            act = cache[name]
+            out[name].append((act if positions is None else act[:, positions]).cpu())
+        del cache
+    return {name: torch.cat(parts) for name, parts in out.items()}
+
+
+def to_jsonable(value: Any) -> Any:
+    """Tensors, arrays and dataclasses to plain JSON values."""
+    if isinstance(value, Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+class Result:
+    """Base of analysis results: ``to_frame()`` (long pandas), ``figure()`` (plotly), JSON I/O."""
+
+    name = "result"
+
+    def to_frame(self) -> pd.DataFrame:  # pragma: no cover - every result overrides it
+        raise NotImplementedError
+
+    def summary(self) -> dict:
+        return {}
+
+    def to_json(self) -> dict:
+        return {"analysis": self.name, "summary": to_jsonable(self.summary()),
+                "frame": json.loads(self.to_frame().to_json(orient="records"))}

@@ -1,0 +1,100 @@
+import pytest
+import torch
+from transformer_lens import patching as tl_patching
+
+from memlens.analysis import AnalysisError
+from memlens.analysis.patching import patch_grid, run_with_patch
+
+
+def metric_factory(ex):
+    def metric(logits):
+        return logits[:, ex.answer_pos].log_softmax(-1).gather(-1, ex.labels[..., None]).mean()
+    return metric
+
+
+@pytest.fixture(scope="module")
+def pair(fda_tiny):
+    task, model, data = fda_tiny
+    clean = data.test[:16]
+    corrupted = data.test[16:32]
+    return model, clean, corrupted
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_full_residual_patch_restores_clean_logits(pair, layer):
+    model, clean, corrupted = pair
+    with torch.no_grad():
+        want = model(clean.tokens)
+    got = run_with_patch(model, clean.tokens, corrupted.tokens, hook="resid_pre", layer=layer)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_identical_source_changes_nothing(pair):
+    model, clean, _ = pair
+    metric = metric_factory(clean)
+    with torch.no_grad():
+        base = metric(model(clean.tokens))
+    out = patch_grid(model, clean.tokens, clean.tokens, metric)
+    torch.testing.assert_close(out, base.expand_as(out), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind,tl_fn", [
+    ("resid_pre", tl_patching.get_act_patch_resid_pre),
+    ("mlp_out", tl_patching.get_act_patch_mlp_out),
+    ("attn_out", tl_patching.get_act_patch_attn_out),
+    ("z", tl_patching.get_act_patch_attn_head_out_by_pos),
+])
+def test_equals_transformer_lens(pair, kind, tl_fn):
+    model, clean, corrupted = pair
+    metric = metric_factory(clean)
+    _, cache = model.run_with_cache(clean.tokens)
+    want = tl_fn(model, corrupted.tokens, cache, metric)
+    got = patch_grid(model, clean.tokens, corrupted.tokens, metric, hook=kind, chunk_size=64)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want.cpu(), atol=1e-5, rtol=0)
+
+
+def test_neuron_grid_shape_and_chunking_agree(pair):
+    model, clean, corrupted = pair
+    metric = metric_factory(clean)
+    a = patch_grid(model, clean.tokens, corrupted.tokens, metric, hook="mlp_post", layers=[1],
+                   positions=[6, 7], components=[0, 5, 7], chunk_size=16)
+    b = patch_grid(model, clean.tokens, corrupted.tokens, metric, hook="mlp_post", layers=[1],
+                   positions=[6, 7], components=[0, 5, 7], chunk_size=4096)
+    assert a.shape == (1, 2, 3)
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def no_hooks(model):
+    return all(len(hp.fwd_hooks) == 0 and len(hp.bwd_hooks) == 0 for hp in model.hook_dict.values())
+
+
+def test_no_hook_left_after_exception(pair):
+    model, clean, corrupted = pair
+
+    def bad_metric(logits):
+        raise RuntimeError("metric failed")
+
+    with pytest.raises(RuntimeError, match="metric failed"):
+        patch_grid(model, clean.tokens, corrupted.tokens, bad_metric)
+    assert no_hooks(model)
+    bad_cache = {"blocks.0.hook_resid_pre": torch.zeros(3, 2, 2)}  # wrong shape: the hook raises
+    with pytest.raises(Exception):
+        patch_grid(model, clean.tokens, corrupted.tokens, metric_factory(clean), layers=[0],
+                   source_cache=bad_cache)
+    assert no_hooks(model)
+
+
+def test_bad_grid(pair):
+    model, clean, corrupted = pair
+    m = metric_factory(clean)
+    with pytest.raises(AnalysisError, match=r"layer\(s\) \[5\] out of range"):
+        patch_grid(model, clean.tokens, corrupted.tokens, m, layers=[5])
+    with pytest.raises(AnalysisError, match=r"position\(s\) \[40\] out of range"):
+        patch_grid(model, clean.tokens, corrupted.tokens, m, positions=[40])
+    with pytest.raises(AnalysisError, match="token shapes differ"):
+        patch_grid(model, clean.tokens, corrupted.tokens[:3], m)
+    with pytest.raises(AnalysisError, match=r"head\(s\) \[9\] out of range"):
+        patch_grid(model, clean.tokens, corrupted.tokens, m, hook="z", components=[9])
+    with pytest.raises(AnalysisError, match="unknown hook 'resid'"):
+        patch_grid(model, clean.tokens, corrupted.tokens, m, hook="resid")
