@@ -1,8 +1,21 @@
-"""Analyses on the hook API: pure functions ``(model, examples, ...) -> Result``."""
+"""Analyses on the hook API: pure functions ``(model, examples, ...) -> Result``.
+
+Each result has ``.to_frame()`` (long pandas) and ``.figure()`` (plotly);
+``memlens analyze RUN`` runs them with the defaults of ``memlens.analysis.registry``.
+"""
 
 from memlens.analysis.common import AnalysisError
+from memlens.analysis.counterfactuals import CounterfactualPairs, make_counterfactuals
+from memlens.analysis.encoding import EncodingResult, encoding
+from memlens.analysis.intermediate_patching import PatchIntermediateResult, patch_intermediate
+from memlens.analysis.interventions import InterventionResult, inlp_basis, intervene
 from memlens.analysis.logit_lens import LogitLensResult, logit_lens
+from memlens.analysis.patching import patch_grid, run_with_patch
 from memlens.analysis.probes import ProbeResult, fit_probes, probe_targets
 
-__all__ = ["AnalysisError", "LogitLensResult", "ProbeResult", "fit_probes", "logit_lens",
-           "probe_targets"]
+__all__ = [
+    "AnalysisError", "CounterfactualPairs", "EncodingResult", "InterventionResult",
+    "LogitLensResult", "PatchIntermediateResult", "ProbeResult", "encoding", "fit_probes",
+    "inlp_basis", "intervene", "logit_lens", "make_counterfactuals", "patch_grid",
+    "patch_intermediate", "probe_targets", "run_with_patch",
+]

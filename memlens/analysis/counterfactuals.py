@@ -2,11 +2,11 @@
 
 Recipes (each pair is verified to differ in exactly the intended intermediates):
 
-* FDA ``column_sum`` at column c: one operand's digit in column c is replaced so that the column
+* FDA ``column_sum`` at column c: the last operand's digit in column c is replaced so that the column
   sum changes while every carry stays the same (the new digit keeps the carry out of column c).
   Differs in: ``column_sum[c]``.
 * FDA ``carry`` into column c (c >= 1): a carry cannot change alone -- it is a function of the
-  column below -- so one operand's digit in column c-1 is replaced so that the carry into c flips
+  column below -- so the last operand's digit in column c-1 is replaced so that the carry into c flips
   while the carry into c+1 stays. Differs in: ``carry[c]`` and ``column_sum[c-1]``.
 * FDA ``partial_sum`` j (more than two operands): operand j+1 is raised by delta and operand j+2
   lowered by delta, so that the running sum of the first j+2 operands changes and the total (and
@@ -118,28 +118,20 @@ def _check_column(column: int | None, low: int, high: int, variable: str) -> int
 
 
 def _digit_swap(operands: np.ndarray, col: int, keep, rng: np.random.Generator):
-    """For each example, a new digit for one operand in column ``col`` passing ``keep``.
+    """For each example, a new digit of the last operand in column ``col`` passing ``keep``.
 
+    Only the last operand changes, so that running partial sums (which exclude it) stay fixed.
     ``keep(old_digit, new_digit) -> bool array`` says whether a replacement is acceptable.
-    Returns new operands and a validity mask; one acceptable (operand, digit) choice is drawn
-    uniformly per example.
+    Returns new operands and a validity mask; one acceptable digit is drawn uniformly.
     """
     n, n_ops = operands.shape
     place = 10**col
-    ok = np.zeros((n, n_ops, 10), dtype=bool)
-    for k in range(n_ops):
-        old = operands[:, k] // place % 10
-        for d in range(10):
-            ok[:, k, d] = (old != d) & keep(old, d)
-    flat = ok.reshape(n, -1)
-    valid = flat.any(1)
-    scores = rng.random(flat.shape) * flat  # uniform among acceptable choices
-    pick = scores.argmax(1)
-    k_sel, d_sel = pick // 10, pick % 10
+    old = operands[:, -1] // place % 10
+    ok = np.stack([(old != d) & keep(old, d) for d in range(10)], axis=1)
+    valid = ok.any(1)
+    new_digit = (rng.random(ok.shape) * ok).argmax(1)  # uniform among acceptable digits
     new = operands.copy()
-    rows = np.nonzero(valid)[0]
-    old = new[rows, k_sel[rows]] // place % 10
-    new[rows, k_sel[rows]] += (d_sel[rows] - old) * place
+    new[valid, -1] += (new_digit[valid] - old[valid]) * place
     return new, valid
 
 

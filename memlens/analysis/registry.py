@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import pandas as pd
 import torch
 
 from memlens.analysis.common import AnalysisError, Result, to_jsonable
@@ -67,9 +69,97 @@ def run_probes(run) -> Result:
     return fit_probes(run.model, fit, groups, variables, seed=run.config.seed)
 
 
+@dataclass
+class ResultSet(Result):
+    """Several results of one analysis (e.g. one per variable and column), framed together."""
+
+    name: str
+    items: dict[str, Result]
+
+    def to_frame(self) -> pd.DataFrame:
+        frames = [r.to_frame().assign(item=key) for key, r in self.items.items()]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def summary(self) -> dict:
+        return {key: r.summary() for key, r in self.items.items()}
+
+    def figure(self, item: str | None = None):
+        return self.items[item or next(iter(self.items))].figure()
+
+
+def mixed_examples(run, n_clean: int = 400, n_noisy: int = 400, two_hop: bool = True) -> Examples:
+    """Clean training examples and noisy ones together (seeded subsets); THR: two-hop only."""
+    clean, noisy = run.splits["train_clean"], run.splits["train_noisy"]
+    if two_hop and "n_hops" in clean.intermediates:
+        clean = clean[clean.intermediates["n_hops"] == 2]
+    parts = [subset(clean, n_clean, run.config.seed)]
+    if len(noisy):
+        parts.append(subset(noisy, n_noisy, run.config.seed))
+    return Examples.concat(parts)
+
+
+def intermediate_columns(run) -> list[tuple[str, int | None]]:
+    """(variable, column) pairs that ``patch_intermediate`` and the interventions sweep over."""
+    if run.config.task == "thr":
+        return [("bridge_entity", None)]
+    n_digits = run.config.task_config["n_digits"]
+    pairs = [("column_sum", c) for c in range(n_digits)] + [("carry", c) for c in range(1, n_digits + 1)]
+    if run.config.task_config["n_operands"] > 2:
+        pairs += [("partial_sum", j) for j in range(run.config.task_config["n_operands"] - 2)]
+    return pairs
+
+
+def _key(variable: str, column: int | None) -> str:
+    return variable if column is None else f"{variable}[{column}]"
+
+
+def run_patching(run) -> Result:
+    from memlens.analysis.intermediate_patching import patch_intermediate
+
+    examples = mixed_examples(run)
+    items = {_key(v, c): patch_intermediate(run.model, examples, v, column=c, seed=run.config.seed)
+             for v, c in intermediate_columns(run)}
+    return ResultSet(name="patching", items=items)
+
+
+def intervention_site(run, variable: str, column: int | None) -> tuple[int, int]:
+    """Where an intermediate is removed: the middle layer's input, at the position that predicts
+    the answer digit of the column (FDA) or at the first relation, where the bridge forms (THR)."""
+    layer = run.model.cfg.n_layers // 2
+    if run.config.task == "thr":
+        return layer, 2
+    column = column if variable != "carry" else column - 1
+    return layer, run.task.layout.predicting_pos(min(column, run.task.config.answer_width - 1))
+
+
+def run_interventions(run) -> Result:
+    from memlens.analysis.interventions import intervene
+
+    fit, _ = probe_groups(run, n_fit=2000)
+    groups = {k: subset(v, 1000, run.config.seed) for k, v in run.splits.items() if len(v)}
+    items = {}
+    for variable, column in intermediate_columns(run):
+        if variable not in ("column_sum", "bridge_entity"):
+            continue
+        layer, position = intervention_site(run, variable, column)
+        res = intervene(run.model, groups, fit, variable, column=column, layer=layer,
+                        position=position, seed=run.config.seed)
+        items[_key(variable, column)] = res
+    return ResultSet(name="interventions", items=items)
+
+
+def run_encoding(run) -> Result:
+    from memlens.analysis.encoding import encoding
+
+    return encoding(run.model, mixed_examples(run, 500, 500), seed=run.config.seed)
+
+
 ANALYSES: dict[str, Callable] = {
     "logit_lens": run_logit_lens,
     "probes": run_probes,
+    "patching": run_patching,
+    "interventions": run_interventions,
+    "encoding": run_encoding,
 }
 
 

@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from memlens.analysis import AnalysisError
+from memlens.analysis.interventions import inlp_basis, intervene, random_basis
+
+
+def test_inlp_removes_the_probed_information(fda_tiny):
+    task, model, data = fda_tiny
+    fit = data.splits["train_clean"][:800]
+    pos = task.layout.eq_pos
+    basis, accs = inlp_basis(model, fit, "column_sum", layer=1, position=pos, column=0, iterations=3)
+    assert basis.shape[0] == model.cfg.d_model and basis.shape[1] >= 1
+    torch.testing.assert_close(basis.T @ basis, torch.eye(basis.shape[1]), atol=1e-4, rtol=0)
+    assert accs[-1] < accs[0]  # each iteration leaves less to read
+
+
+def test_random_basis_orthonormal():
+    q = random_basis(16, 5, seed=1)
+    torch.testing.assert_close(q.T @ q, torch.eye(5), atol=1e-5, rtol=0)
+    assert not torch.equal(q, random_basis(16, 5, seed=2))
+
+
+def test_intervene_table_and_no_op(fda_tiny):
+    task, model, data = fda_tiny
+    s = data.splits
+    res = intervene(model, s, s["train_clean"][:400], "column_sum", column=1, layer=1,
+                    position=task.layout.eq_pos, iterations=1)
+    f = res.to_frame().set_index("intervention")
+    assert list(f.index) == ["none", "mean_ablation", "inlp", "random_subspace"]
+    assert f.loc["inlp", "rank"] == f.loc["random_subspace", "rank"] >= 1
+    for col in ("noisy_memorized_acc", "train_clean_acc", "test_acc"):
+        assert 0 <= f.loc["none", col] <= 1
+    res.figure()
+    # no hook remains afterwards: the model's output is unchanged
+    with torch.no_grad():
+        before = model(s["test"].tokens[:8])
+    assert all(len(h.fwd_hooks) == 0 for h in model.hook_dict.values())
+    torch.testing.assert_close(model(s["test"].tokens[:8]), before)
+
+
+def test_bad_input(fda_tiny):
+    task, model, data = fda_tiny
+    fit = data.splits["train_clean"][:100]
+    with pytest.raises(AnalysisError, match="layer=5 out of range"):
+        inlp_basis(model, fit, "column_sum", layer=5, position=1)
+    with pytest.raises(AnalysisError, match="no column 9"):
+        inlp_basis(model, fit, "column_sum", layer=0, position=1, column=9)
+    with pytest.raises(AnalysisError, match="point='end'"):
+        inlp_basis(model, fit, "column_sum", layer=0, position=1, point="end")
