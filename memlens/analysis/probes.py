@@ -91,37 +91,36 @@ def fit_softmax_probes(x: Tensor, labels: Tensor, n_classes: list[int], l2: floa
     ``x`` is ``(n, K, d)`` standardized features, ``labels`` is ``(n, T)``. Returns weights
     ``(K, d, C)`` and biases ``(K, C)`` with ``C = sum(n_classes)``; target ``t`` owns the class
     block ``offsets[t]:offsets[t+1]``. Minimizes, per probe, summed cross-entropy over targets plus
-    ``0.5 * l2 * ||W||^2`` (scikit-learn's objective with ``C = 1 / l2``).
+    ``0.5 * l2 * ||W||^2`` (scikit-learn's objective with ``C = 1 / l2``) by L-BFGS.
     """
     n, k, d = x.shape
-    total = sum(n_classes)
-    offsets = np.concatenate([[0], np.cumsum(n_classes)])
-    weight = torch.zeros(k, d, total, requires_grad=True)
-    bias = torch.zeros(k, total, requires_grad=True)
+    xk = x.transpose(0, 1).contiguous()  # (K, n, d): one batched matmul per evaluation
+    offsets = np.concatenate([[0], np.cumsum(n_classes)]).tolist()
+    label_index = [labels[:, t].view(1, n, 1).expand(k, n, 1) for t in range(len(n_classes))]
+    weight = torch.zeros(k, d, offsets[-1], requires_grad=True)
+    bias = torch.zeros(k, 1, offsets[-1], requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, history_size=20,
-                                  tolerance_grad=1e-6, tolerance_change=1e-9,
+                                  tolerance_grad=1e-5, tolerance_change=1e-7,
                                   line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()
-        logits = torch.einsum("nkd,kdc->nkc", x, weight) + bias
+        logits = torch.baddbmm(bias, xk, weight)  # (K, n, C)
         loss = 0.5 * l2 * weight.pow(2).sum()
         for t in range(len(n_classes)):
-            block = logits[..., offsets[t]:offsets[t + 1]]
-            loss = loss + torch.nn.functional.cross_entropy(
-                block.reshape(n * k, -1), labels[:, t].repeat_interleave(k), reduction="sum")
-        # scale to keep line-search numbers moderate; the optimum is unchanged
-        loss = loss / n
+            logp = logits[..., offsets[t]:offsets[t + 1]].log_softmax(-1)
+            loss = loss - logp.gather(-1, label_index[t]).sum()
+        loss = loss / n  # keeps line-search numbers moderate; the optimum is unchanged
         loss.backward()
         return loss
 
     optimizer.step(closure)
-    return weight.detach(), bias.detach()
+    return weight.detach(), bias.detach()[:, 0]
 
 
 def predict_probes(x: Tensor, weight: Tensor, bias: Tensor, n_classes: list[int]) -> Tensor:
     """Predicted class per example, probe and target: ``(n, K, T)``."""
-    logits = torch.einsum("nkd,kdc->nkc", x, weight) + bias
+    logits = torch.baddbmm(bias[:, None], x.transpose(0, 1), weight).transpose(0, 1)
     offsets = np.concatenate([[0], np.cumsum(n_classes)])
     return torch.stack([logits[..., offsets[t]:offsets[t + 1]].argmax(-1)
                         for t in range(len(n_classes))], dim=-1)
@@ -179,7 +178,7 @@ def probe_points(n_layers: int) -> list[tuple[str, str]]:
 
 
 def fit_probes(model, fit: Examples, evaluate: dict[str, Examples], variables: list[str] | str,
-               *, positions: list[int] | None = None, l2: float = 1.0, max_iter: int = 200,
+               *, positions: list[int] | None = None, l2: float = 1.0, max_iter: int = 100,
                controls: bool = True, seed: int = 0, chunk_size: int = 1024) -> ProbeResult:
     """Fit probes for ``variables`` on ``fit`` examples; score them on every ``evaluate`` group.
 

@@ -73,8 +73,8 @@ def run_probes(run) -> Result:
 class ResultSet(Result):
     """Several results of one analysis (e.g. one per variable and column), framed together."""
 
-    name: str
     items: dict[str, Result]
+    name: str = "results"
 
     def to_frame(self) -> pd.DataFrame:
         frames = [r.to_frame().assign(item=key) for key, r in self.items.items()]
@@ -119,7 +119,7 @@ def run_patching(run) -> Result:
     examples = mixed_examples(run)
     items = {_key(v, c): patch_intermediate(run.model, examples, v, column=c, seed=run.config.seed)
              for v, c in intermediate_columns(run)}
-    return ResultSet(name="patching", items=items)
+    return ResultSet(items=items, name="patching")
 
 
 def intervention_site(run, variable: str, column: int | None) -> tuple[int, int]:
@@ -145,7 +145,7 @@ def run_interventions(run) -> Result:
         res = intervene(run.model, groups, fit, variable, column=column, layer=layer,
                         position=position, seed=run.config.seed)
         items[_key(variable, column)] = res
-    return ResultSet(name="interventions", items=items)
+    return ResultSet(items=items, name="interventions")
 
 
 def run_encoding(run) -> Result:

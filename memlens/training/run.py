@@ -191,7 +191,7 @@ def load_run(path: str | os.PathLike, checkpoint: str | int = "final", device: s
         raise RunDirError(f"{run_dir / TOKENIZER} does not match the task's vocabulary")
     model = build_model(config.model, task, seed=config.seed, device="cpu")
     load_weights(weights, model, fingerprint=config.fingerprint())
-    model.to(device).eval()
+    model.to(device, print_details=False).eval()
     summary = json.loads((run_dir / SUMMARY).read_text()) if (run_dir / SUMMARY).exists() else {}
     return Run(path=run_dir, config=config, task=task, tokenizer=tokenizer, model=model,
                dataset=dataset, metrics=pd.DataFrame(read_metrics(run_dir)), summary=summary)

@@ -1,0 +1,41 @@
+import json
+
+import pytest
+
+from memlens import make_run_config, train
+from memlens.analysis import AnalysisError
+from memlens.analysis.registry import ANALYSES, analyze_run, load_analysis
+from memlens.cli import main
+
+
+@pytest.mark.parametrize("task", ["fda", "thr"])
+def test_analyze_writes_every_analysis(tmp_path, task):
+    out = tmp_path / task
+    cfg = make_run_config(task, "tiny", overrides={"train.steps": 40})
+    train(cfg, out, device="cpu", progress=False)
+    assert main(["analyze", str(out)]) == 0
+    for name in ANALYSES:
+        data = load_analysis(out, name)
+        assert data["analysis"] == name and data["frame"], name
+        assert data["seconds"] >= 0
+    patching = load_analysis(out, "patching")
+    keys = set(patching["summary"])
+    assert keys == ({"bridge_entity"} if task == "thr" else
+                    {"column_sum[0]", "column_sum[1]", "carry[1]", "carry[2]"})
+
+
+def test_missing_and_corrupted_analysis_named(tmp_path):
+    with pytest.raises(AnalysisError, match="missing: run `memlens analyze"):
+        load_analysis(tmp_path, "probes")
+    (tmp_path / "analysis").mkdir()
+    (tmp_path / "analysis" / "probes.json").write_text("{not json")
+    with pytest.raises(AnalysisError, match="corrupted"):
+        load_analysis(tmp_path, "probes")
+
+
+def test_only_subset(tmp_path):
+    out = tmp_path / "r"
+    train(make_run_config("fda", "tiny", overrides={"train.steps": 20}), out, progress=False)
+    written = analyze_run(out, "logit_lens", log=lambda _: None)
+    assert list(written) == ["logit_lens"]
+    assert json.loads(written["logit_lens"].read_text())["summary"]["noisy_true_prob_peak_point"]

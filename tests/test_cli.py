@@ -1,0 +1,67 @@
+import json
+
+import pytest
+
+from memlens.cli import main
+
+
+def test_data_prints_examples_stats_and_layout(capsys):
+    assert main(["data", "fda", "--preset", "tiny", "--show", "2", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "n_noisy=100" in out and "hash=" in out and "answer_pos (predicting)" in out
+    assert out.count("intermediates:") == 2
+    assert "NOISY" in out and "(true:" in out  # a noisy example is shown with its true label
+
+
+def test_data_export_jsonl_format(tmp_path, capsys):
+    path = tmp_path / "thr.jsonl"
+    assert main(["data", "thr", "--preset", "tiny", "--export", str(path), "--show", "0"]) == 0
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 150 + 450 + 100
+    assert {r["split"] for r in rows} == {"train", "test"}
+    row = next(r for r in rows if r["is_noisy"])
+    assert set(row) == {"split", "tokens", "label", "true_label", "is_noisy", "intermediates"}
+    assert row["label"] != row["true_label"]
+    assert row["tokens"][0] == "<bos>" and row["tokens"][-1] == row["label"][0]
+    inter = row["intermediates"]
+    assert inter["bridge_entity"].startswith("e") and inter["relation_1"].startswith("r")
+    assert not any(r["is_noisy"] for r in rows if r["split"] == "test")
+
+
+def test_fda_export_digits_as_tokens(tmp_path):
+    path = tmp_path / "fda.jsonl"
+    assert main(["data", "fda", "--preset", "tiny", "--export", str(path), "--show", "0",
+                 "--set", "task.n_train=50", "--set", "task.n_test=10"]) == 0
+    row = json.loads(path.read_text().splitlines()[0])
+    assert all(isinstance(d, str) for d in row["intermediates"]["answer_digit"])
+    assert isinstance(row["intermediates"]["column_sum"][0], int)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["data", "fda", "--noise-rate", "1.0"], "noise_rate=1.0"),
+    (["data", "fda", "--set", "task.n_digits=0"], "n_digits=0"),
+    (["data", "fda", "--set", "model.d_model=4"], "takes task.FIELD only"),
+    (["data", "fda", "--set", "n_digits"], "expected SECTION.FIELD=VALUE"),
+    (["data", "thr", "--set", "task.phi=30"], "phi=30.0"),
+    (["data", "thr", "--set", "task.relations_per_entity=50"], "relations_per_entity=50"),
+    (["data", "fda", "--show", "-1"], "--show -1"),
+    (["data", "fda", "--set", "task.n_train=99999999", "--set", "task.n_digits=2"], "n_train + n_test"),
+])
+def test_data_bad_input(capsys, argv, needle):
+    assert main(argv) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_unknown_preset_and_task_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "fda", "--preset", "huge"])
+    with pytest.raises(SystemExit):
+        main(["data", "addition"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_analyze_bad_input(tmp_path, capsys):
+    assert main(["analyze", str(tmp_path / "none")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["analyze", str(tmp_path), "--only", "logit_lens,vibes"]) == 2
+    assert "unknown analysis ['vibes']" in capsys.readouterr().err
