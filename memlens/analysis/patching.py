@@ -2,8 +2,11 @@
 
 One forward pass patches many grid points: the target batch is repeated once per grid point
 (stacked along the batch dimension) and each copy gets the source activation at its own
-(layer, position[, head or neuron]). Chunks bound the memory. Hooks are attached with
-``model.hooks(...)``, which removes them in a ``finally``, also when a hook or the metric raises.
+(layer, position[, head or neuron]). Chunks bound the memory. Every forward for layer ``L``
+starts at ``L`` from the target run's cached residual stream (``start_at_layer``): the layers
+below a patch cannot change, so they are computed once, not once per grid point. Hooks are
+attached with ``model.hooks(...)``, which removes them in a ``finally``, also when a hook or the
+metric raises.
 
 Direction follows ``transformer_lens.patching``: activations of the *source* run (TL's "clean
 cache") are written into the *target* run (TL's "corrupted tokens"), and ``metric(logits)`` is
@@ -14,7 +17,6 @@ computed on the patched run. ``patch_grid(model, source=clean, target=corrupted,
 from __future__ import annotations
 
 import itertools
-from collections import defaultdict
 from typing import Callable
 
 import torch
@@ -103,48 +105,47 @@ def patch_grid(model, source: Int[Tensor, "n pos"], target: Int[Tensor, "n pos"]
                                             return_type=None)
         source_cache = {name: cache[name] for name in names}
         del cache
-    grid = list(itertools.product(layers, positions, components))
+    resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(target.to(device), names_filter=lambda x: x in resid_names,
+                                        return_type=None)
+    target_resid = {layer: cache[f"blocks.{layer}.hook_resid_pre"] for layer in layers}
+    del cache
     per_forward = max(1, chunk_size // n)
-    target = target.to(device)
-    results: list[Tensor] = []
-    for start in range(0, len(grid), per_forward):
-        chunk = grid[start:start + per_forward]
-        results.extend(_patched_forward(model, target, chunk, hook, source_cache, metric))
-    out = torch.stack(results)
+    results: dict[tuple, Tensor] = {}
+    for layer in layers:  # one layer per forward, so that it can start at that layer
+        grid = list(itertools.product([layer], positions, components))
+        for start in range(0, len(grid), per_forward):
+            chunk = grid[start:start + per_forward]
+            values = _patched_forward(model, target_resid[layer], layer, chunk, hook, source_cache, metric)
+            results.update(zip(chunk, values))
+    out = torch.stack([results[key] for key in itertools.product(layers, positions, components)])
     shape = (len(layers), len(positions)) + ((len(components),) if components != [None] else ())
     return out.reshape(shape + tuple(out.shape[1:]))
 
 
 @torch.no_grad()
-def _patched_forward(model, target: Tensor, chunk: list[tuple], kind: str,
+def _patched_forward(model, resid: Tensor, layer: int, chunk: list[tuple], kind: str,
                      source_cache: dict[str, Tensor], metric) -> list[Tensor]:
-    """One forward over ``len(chunk)`` stacked copies of ``target``, each patched at its point."""
-    n = target.shape[0]
-    by_layer: dict[int, list[tuple[int, int, int | None]]] = defaultdict(list)
-    for g, (layer, pos, comp) in enumerate(chunk):
-        by_layer[layer].append((g, pos, comp))
+    """One forward from ``layer`` over ``len(chunk)`` stacked copies of the target residual
+    ``resid`` (the target run's input to ``layer``), each patched at its own grid point."""
+    n = resid.shape[0]
+    g_idx = torch.arange(len(chunk), device=resid.device)
+    p_idx = torch.tensor([pos for _, pos, _ in chunk], device=resid.device)
+    c_idx = None if chunk[0][2] is None else torch.tensor([c for _, _, c in chunk], device=resid.device)
+    src = source_cache[hook_name(kind, layer)]
 
-    def make_hook(layer: int):
-        entries = by_layer[layer]
-        g_idx = torch.tensor([e[0] for e in entries], device=target.device)
-        p_idx = torch.tensor([e[1] for e in entries], device=target.device)
-        c_idx = None if entries[0][2] is None else torch.tensor([e[2] for e in entries], device=target.device)
-        src = source_cache[hook_name(kind, layer)]
+    def patch(act: Tensor, hook) -> Tensor:
+        view = act.view(len(chunk), n, *act.shape[1:])
+        if c_idx is None:
+            view[g_idx, :, p_idx] = src[:, p_idx].transpose(0, 1).to(act.dtype)
+        else:
+            view[g_idx, :, p_idx, c_idx] = src[:, p_idx, c_idx].transpose(0, 1).to(act.dtype)
+        return act
 
-        def hook(act: Tensor, hook) -> Tensor:
-            view = act.view(len(chunk), n, *act.shape[1:])
-            if c_idx is None:
-                view[g_idx, :, p_idx] = src[:, p_idx].transpose(0, 1).to(act.dtype)
-            else:
-                view[g_idx, :, p_idx, c_idx] = src[:, p_idx, c_idx].transpose(0, 1).to(act.dtype)
-            return act
-
-        return hook
-
-    fwd_hooks = [(hook_name(kind, layer), make_hook(layer)) for layer in by_layer]
-    batch = target.repeat(len(chunk), 1)
-    with model.hooks(fwd_hooks=fwd_hooks):
-        logits = model(batch, return_type="logits")
+    batch = resid.repeat(len(chunk), 1, 1)
+    with model.hooks(fwd_hooks=[(hook_name(kind, layer), patch)]):
+        logits = model(batch, start_at_layer=layer, return_type="logits")
     logits = logits.view(len(chunk), n, *logits.shape[1:])
     return [torch.as_tensor(metric(logits[g])).detach().cpu() for g in range(len(chunk))]
 

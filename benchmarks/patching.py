@@ -1,0 +1,86 @@
+"""Batched patching engine versus the ``transformer_lens.patching`` loop, same inputs.
+
+    .venv/bin/python benchmarks/patching.py --fda-run RUN_DIR [--n 1000] [--repeats 3]
+
+A full layer x position residual sweep (``resid_pre``) over ``--n`` examples of the small FDA
+model: counterfactual inputs that change column_sum[1] are the source ("clean") run, the original
+inputs the patched ("corrupted") run, and the metric is the mean log-probability of the original
+labels. Reports identical values (max absolute difference), the median time ratio, and the peak
+memory of each path. Writes docs/benchmarks/patching.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+import torch
+from transformer_lens import patching as tl_patching
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import TABLE_HEADER, compare, peak_memory_mb, write_doc  # noqa: E402
+
+from memlens import load_run, make_counterfactuals, patch_grid  # noqa: E402
+from memlens.analysis.registry import subset  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fda-run", required=True)
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    run = load_run(args.fda_run)
+    model = run.model
+    pairs = make_counterfactuals(subset(run.splits["test"], 2 * args.n, 0), "column_sum", 1)
+    original, counter = pairs.original[: args.n], pairs.counterfactual[: args.n]
+    answer_pos, labels = original.answer_pos, original.labels
+
+    def metric(logits):
+        return logits[:, answer_pos].log_softmax(-1).gather(-1, labels[..., None]).mean()
+
+    def ours():
+        return patch_grid(model, counter.tokens, original.tokens, metric, hook="resid_pre")
+
+    def theirs():
+        _, cache = model.run_with_cache(counter.tokens)
+        return tl_patching.get_act_patch_resid_pre(model, original.tokens, cache, metric)
+
+    grid = model.cfg.n_layers * original.tokens.shape[1]
+    comparison, out_ours, out_tl = compare(
+        f"resid_pre sweep, {grid} grid points x {len(original)} examples (FDA small)", ours, theirs,
+        repeats=args.repeats)
+    diff = float((out_ours - out_tl.cpu()).abs().max())
+    mem_ours, mem_tl = peak_memory_mb(ours), peak_memory_mb(theirs)
+    print(comparison.row())
+    print(f"max |difference| {diff:.2e}; peak MiB memlens {mem_ours:.0f}, transformer_lens {mem_tl:.0f}")
+    text = "\n".join([
+        "# Activation patching: batched engine versus the transformer_lens.patching loop",
+        "",
+        f"Command: `.venv/bin/python benchmarks/patching.py --fda-run {args.fda_run} --n {args.n}"
+        f" --repeats {args.repeats}`",
+        f"Machine: {platform.machine()}, torch threads 2. Model: {args.fda_run} "
+        f"({model.cfg.n_layers} layers, d_model {model.cfg.d_model}). Source: counterfactuals that "
+        "change column_sum[1]; target: the original inputs; metric: mean log-prob of the labels.",
+        "",
+        TABLE_HEADER,
+        comparison.row(),
+        "",
+        f"Values: max absolute difference {diff:.2e} over the {grid} grid points.",
+        f"Peak resident memory added (forked child): memlens {mem_ours:.0f} MiB, "
+        f"transformer_lens loop {mem_tl:.0f} MiB.",
+        "",
+        "Why the ratio is bounded: both paths do the same matrix work per grid point except that "
+        "memlens starts each forward at the patched layer (the layers below cannot change) and "
+        "stacks grid points along the batch; on a compute-bound CPU the gain is the skipped layers "
+        "plus Python overhead, not an order of magnitude.",
+        "",
+    ])
+    print(write_doc("patching.md", text))
+
+
+if __name__ == "__main__":
+    main()
