@@ -29,7 +29,8 @@ def summarize(run_dir: str) -> None:
     lens = load_analysis(run_dir, "logit_lens")["summary"]
     print("-- logit lens on noisy examples (top-1 rate by residual point)")
     print(pd.DataFrame({"true label": lens["noisy_true_top1_by_point"],
-                        "noisy label": lens["noisy_label_top1_by_point"]}).round(3).T.to_string())
+                        "noisy label": lens["noisy_label_top1_by_point"]},
+                       index=lens["points"]).round(3).T.to_string())
     print(f"true-label probability peaks at {lens['noisy_true_prob_peak_point']} "
           f"({lens['noisy_true_prob_peak']:.3f}); noisy label wins from {lens['noisy_label_wins_from_point']}")
 

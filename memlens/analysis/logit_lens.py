@@ -75,8 +75,9 @@ class LogitLensResult(Result):
         return pd.DataFrame(rows)
 
     def summary(self) -> dict:
-        """On noisy examples (all answer slots pooled): where the true label's probability peaks
-        and the first point where the noisy label is top-1 more often than the true label."""
+        """On noisy examples (all answer slots pooled): where the true label's probability peaks,
+        and the point from which on the noisy label is top-1 more often than the true label at
+        every later point (None if it never stays ahead). Per-point lists keep layer order."""
         if "train_noisy" not in self.prob or len(self.prob["train_noisy"]) == 0:
             return {}
         prob, rank = self.prob["train_noisy"], self.rank["train_noisy"]
@@ -84,14 +85,20 @@ class LogitLensResult(Result):
         true_mean = prob[..., ti].mean(dim=(0, 2))
         true_top1 = (rank[..., ti] == 0).float().mean(dim=(0, 2))
         noisy_top1 = (rank[..., ni] == 0).float().mean(dim=(0, 2))
-        wins = (noisy_top1 > true_top1).nonzero().flatten().tolist()
+        ahead = (noisy_top1 > true_top1).tolist()
+        wins_from = None
+        for p in reversed(range(len(ahead))):  # the start of the final run of "noisy ahead"
+            if not ahead[p]:
+                break
+            wins_from = p
         peak = int(true_mean.argmax())
         return {
+            "points": list(self.points),
             "noisy_true_prob_peak_point": self.points[peak],
             "noisy_true_prob_peak": float(true_mean[peak]),
-            "noisy_true_top1_by_point": dict(zip(self.points, true_top1.tolist())),
-            "noisy_label_top1_by_point": dict(zip(self.points, noisy_top1.tolist())),
-            "noisy_label_wins_from_point": self.points[wins[0]] if wins else None,
+            "noisy_true_top1_by_point": true_top1.tolist(),
+            "noisy_label_top1_by_point": noisy_top1.tolist(),
+            "noisy_label_wins_from_point": None if wins_from is None else self.points[wins_from],
         }
 
     def figure(self):

@@ -11,7 +11,7 @@ Controls beside each accuracy: the majority-class baseline and a probe fitted on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -131,6 +131,7 @@ class ProbeResult(Result):
     """Accuracy per target, residual point, position and evaluation group, with controls."""
 
     frame: pd.DataFrame
+    site_limits: dict[str, int] = field(default_factory=dict)
     name = "probes"
 
     def to_frame(self) -> pd.DataFrame:
@@ -138,11 +139,14 @@ class ProbeResult(Result):
 
     def best(self, select_group: str = "clean_heldout") -> pd.DataFrame:
         """Per target, the (point, position) with the best accuracy on ``select_group``, and the
-        accuracies of every group at that probe."""
+        accuracies of every group at that probe. Sites after ``site_limits[target]`` are not
+        eligible: there the teacher-forced answer tokens already show the target."""
         f = self.frame
         rows = []
         for target, part in f.groupby("target", sort=False):
             sel = part[part["group"] == select_group]
+            if target in self.site_limits:
+                sel = sel[sel["position"] <= self.site_limits[target]]
             top = sel.loc[sel["accuracy"].idxmax()]
             at = part[(part["point"] == top["point"]) & (part["position"] == top["position"])]
             row = {"target": target, "variable": top["variable"], "point": top["point"],
@@ -155,7 +159,7 @@ class ProbeResult(Result):
         return pd.DataFrame(rows)
 
     def summary(self) -> dict:
-        return {"best": self.best().to_dict(orient="records")}
+        return {"best": self.best().to_dict(orient="records"), "site_limits": self.site_limits}
 
     def figure(self, target: str | None = None, group: str = "clean_heldout"):
         """Heatmap of probe accuracy, residual point x position, for one target."""
@@ -179,12 +183,14 @@ def probe_points(n_layers: int) -> list[tuple[str, str]]:
 
 def fit_probes(model, fit: Examples, evaluate: dict[str, Examples], variables: list[str] | str,
                *, positions: list[int] | None = None, l2: float = 1.0, max_iter: int = 100,
-               controls: bool = True, seed: int = 0, chunk_size: int = 1024) -> ProbeResult:
+               controls: bool = True, seed: int = 0, chunk_size: int = 1024,
+               site_limits: dict[str, int] | None = None) -> ProbeResult:
     """Fit probes for ``variables`` on ``fit`` examples; score them on every ``evaluate`` group.
 
     Noisy examples keep intermediates computed from their true inputs, so their probe accuracy
     says whether the model still computes the intermediate where it memorized the label. For THR,
-    atomic facts are left out (their "bridge" is the answer).
+    atomic facts are left out (their "bridge" is the answer). ``site_limits`` maps a target label
+    to the last position eligible as its best site (``ProbeResult.best``).
 
     >>> from memlens.tasks import make_task
     >>> from memlens.models import build_model, ModelConfig
@@ -252,4 +258,4 @@ def fit_probes(model, fit: Examples, evaluate: dict[str, Examples], variables: l
                              "position": pos, "group": group, "n": len(ex),
                              "accuracy": float(hit[k, ti]), "majority": maj,
                              "shuffled": float(hit_shuf[k, ti])})
-    return ProbeResult(frame=pd.DataFrame(rows))
+    return ProbeResult(frame=pd.DataFrame(rows), site_limits=dict(site_limits or {}))

@@ -61,12 +61,31 @@ def probe_groups(run, n_fit: int = 4000, n_eval: int = 1000) -> tuple[Examples, 
     return fit, {k: v for k, v in groups.items() if len(v)}
 
 
+def site_limits(run, fit: Examples, variables: list[str]) -> dict[str, int]:
+    """Last position eligible as a target's best probe site: before the answer token that shows
+    it (FDA: the position predicting the target's column; THR: the last prompt position)."""
+    from memlens.analysis.probes import probe_targets
+
+    limits = {}
+    for variable in variables:
+        for target in probe_targets(fit, variable):
+            if run.config.task == "thr":
+                limits[target.label] = int(fit.answer_pos[0])
+            elif target.column is not None and variable != "partial_sum":
+                column = min(target.column, run.task.config.answer_width - 1)
+                limits[target.label] = run.task.layout.predicting_pos(column)
+            else:
+                limits[target.label] = run.task.layout.eq_pos
+    return limits
+
+
 def run_probes(run) -> Result:
     from memlens.analysis.probes import fit_probes
 
     fit, groups = probe_groups(run)
     variables = [v for v in PROBE_VARIABLES[run.config.task] if v in fit.intermediates]
-    return fit_probes(run.model, fit, groups, variables, seed=run.config.seed)
+    return fit_probes(run.model, fit, groups, variables, seed=run.config.seed,
+                      site_limits=site_limits(run, fit, variables))
 
 
 @dataclass
