@@ -34,11 +34,12 @@ def summarize(run_dir: str) -> None:
     print(f"true-label probability peaks at {lens['noisy_true_prob_peak_point']} "
           f"({lens['noisy_true_prob_peak']:.3f}); noisy label wins from {lens['noisy_label_wins_from_point']}")
 
-    print("-- patching (counterfactual intermediate, resid_pre, best layer x position)")
+    print("-- patching (counterfactual intermediate, resid_pre): at the internal site that moves "
+          "clean answers most, the noisy recall drop")
     for key, s in load_analysis(run_dir, "patching")["summary"].items():
-        print(f"{key:16s} clean moved max {s.get('clean_max_moved_rate', float('nan')):.3f} at "
-              f"{s.get('clean_argmax')}; noisy recall drop max {s.get('noisy_max_recall_drop', float('nan')):.3f} "
-              f"at {s.get('noisy_argmax')}; baseline {s['baseline']}; skipped {s['n_skipped']}")
+        print(f"{key:16s} site {s.get('internal_site')}: clean moved {s.get('internal_site_clean_moved_rate', float('nan')):.3f}, "
+              f"noisy recall drop {s.get('internal_site_noisy_recall_drop', float('nan')):.3f} "
+              f"(pairs: clean {s['baseline'].get('clean', {}).get('n')}, noisy {s['baseline'].get('noisy', {}).get('n')}; skipped {s['n_skipped']})")
 
     print("-- interventions")
     for key, s in load_analysis(run_dir, "interventions")["summary"].items():

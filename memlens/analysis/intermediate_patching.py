@@ -31,6 +31,7 @@ class PatchIntermediateResult(Result):
     frame: pd.DataFrame
     baseline: dict = field(default_factory=dict)
     n_skipped: int = 0
+    input_positions: list[int] = field(default_factory=list)
     name = "patching"
 
     def to_frame(self) -> pd.DataFrame:
@@ -46,6 +47,18 @@ class PatchIntermediateResult(Result):
                 top = part.loc[part[col].idxmax()]
                 out[f"{group}_max_{col}"] = float(top[col])
                 out[f"{group}_argmax"] = {"layer": int(top["layer"]), "position": int(top["position"])}
+        # The site that carries the intermediate inside the model: the best clean site, leaving
+        # out layer-0 patches of the input tokens that differ (those just swap the input).
+        internal = f[~((f["layer"] == 0) & f["position"].isin(self.input_positions))]
+        clean = internal[internal["group"] == "clean"]
+        if len(clean):
+            site = clean.loc[clean["moved_rate"].idxmax()]
+            at = internal[(internal["layer"] == site["layer"]) & (internal["position"] == site["position"])]
+            out["internal_site"] = {"layer": int(site["layer"]), "position": int(site["position"])}
+            out["internal_site_clean_moved_rate"] = float(site["moved_rate"])
+            noisy = at[at["group"] == "noisy"]
+            if len(noisy):
+                out["internal_site_noisy_recall_drop"] = float(noisy["recall_drop"].iloc[0])
         return out
 
     def figure(self):
@@ -134,5 +147,8 @@ def patch_intermediate(model, examples: Examples, variable: str, *, column: int 
                     "recall": r, "recall_drop": baseline[group]["recall"] - r,
                     "moved_rate": float(moved[li, pi][mask].float().mean()),
                 })
+    changed = (original.tokens != counter.tokens).any(0)
+    changed[original.answer_token_pos] = False  # answers differ by design; inputs are the rest
     return PatchIntermediateResult(variable=variable, column=column, hook=hook,
-                                   frame=pd.DataFrame(rows), baseline=baseline, n_skipped=n_skipped)
+                                   frame=pd.DataFrame(rows), baseline=baseline, n_skipped=n_skipped,
+                                   input_positions=changed.nonzero().flatten().tolist())

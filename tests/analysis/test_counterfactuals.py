@@ -63,6 +63,11 @@ def test_patch_intermediate_groups_and_bad_input(fda_tiny):
     assert set(f["group"]) == {"clean", "noisy"}
     assert len(f) == 2 * 2 * 2
     assert res.baseline["noisy"]["n"] == int(ex.is_noisy.sum())
+    # only the last operand's column-1 digit differs between the inputs
+    assert res.input_positions == [task.layout.operand_digit_pos(1, 1)]
+    summary = res.summary()
+    assert summary["internal_site"]["layer"] in (0, 1) and summary["internal_site"]["position"] in (2, 6)
+    assert 0 <= summary["internal_site_clean_moved_rate"] <= 1
     res.figure()
     with pytest.raises(AnalysisError, match=r"unknown variable 'bridge_entity'.*'column_sum'"):
         patch_intermediate(model, ex, "bridge_entity")
