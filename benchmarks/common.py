@@ -4,8 +4,9 @@ median time ratio and its spread, measure peak memory in a forked child, write m
 from __future__ import annotations
 
 import gc
-import multiprocessing as mp
 import resource
+import subprocess
+import sys
 import statistics
 import time
 from dataclasses import dataclass
@@ -64,21 +65,22 @@ def compare(name: str, memlens_fn: Callable[[], Any], baseline_fn: Callable[[], 
     return Comparison(name, ours, theirs), out_m, out_b
 
 
-def _child(fn, queue):
-    start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fn()
-    queue.put((start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+def peak_memory_mb(script: str, *args: str) -> float:
+    """Peak resident memory of a fresh Python process running ``script *args`` (MiB).
+
+    A fresh process, not a fork (torch's thread pools do not survive a fork). The script must
+    end by calling :func:`report_peak`; run it once with a no-op mode to get the baseline.
+    """
+    out = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        if line.startswith("PEAK_KB "):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{script} {args} did not report its peak memory")
 
 
-def peak_memory_mb(fn: Callable[[], Any]) -> float:
-    """Peak resident memory added by ``fn``, measured in a forked child process (MiB)."""
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(fn, queue))
-    proc.start()
-    start, end = queue.get()
-    proc.join()
-    return (end - start) / 1024
+def report_peak() -> None:
+    """Print this process's peak resident memory for :func:`peak_memory_mb`."""
+    print(f"PEAK_KB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", flush=True)
 
 
 def write_doc(filename: str, text: str) -> Path:

@@ -20,7 +20,7 @@ import torch
 from transformer_lens import patching as tl_patching
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TABLE_HEADER, compare, peak_memory_mb, write_doc  # noqa: E402
+from common import TABLE_HEADER, compare, peak_memory_mb, report_peak, write_doc  # noqa: E402
 
 from memlens import load_run, make_counterfactuals, patch_grid  # noqa: E402
 from memlens.analysis.registry import subset  # noqa: E402
@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--fda-run", required=True)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-probe", choices=("none", "memlens", "transformer_lens"), default=None,
+                        help=argparse.SUPPRESS)  # internal: one path in a fresh process
     args = parser.parse_args()
     torch.set_num_threads(2)
     run = load_run(args.fda_run)
@@ -49,14 +51,23 @@ def main() -> None:
         _, cache = model.run_with_cache(counter.tokens)
         return tl_patching.get_act_patch_resid_pre(model, original.tokens, cache, metric)
 
+    if args.memory_probe is not None:
+        {"none": lambda: None, "memlens": ours, "transformer_lens": theirs}[args.memory_probe]()
+        report_peak()
+        return
+
     grid = model.cfg.n_layers * original.tokens.shape[1]
     comparison, out_ours, out_tl = compare(
         f"resid_pre sweep, {grid} grid points x {len(original)} examples (FDA small)", ours, theirs,
         repeats=args.repeats)
     diff = float((out_ours - out_tl.cpu()).abs().max())
-    mem_ours, mem_tl = peak_memory_mb(ours), peak_memory_mb(theirs)
-    print(comparison.row())
-    print(f"max |difference| {diff:.2e}; peak MiB memlens {mem_ours:.0f}, transformer_lens {mem_tl:.0f}")
+    print(comparison.row(), flush=True)
+    probe = [__file__, "--fda-run", args.fda_run, "--n", str(args.n), "--memory-probe"]
+    base = peak_memory_mb(*probe, "none")
+    mem_ours = peak_memory_mb(*probe, "memlens") - base
+    mem_tl = peak_memory_mb(*probe, "transformer_lens") - base
+    print(f"max |difference| {diff:.2e}; peak MiB added: memlens {mem_ours:.0f}, "
+          f"transformer_lens {mem_tl:.0f} (process baseline {base:.0f})")
     text = "\n".join([
         "# Activation patching: batched engine versus the transformer_lens.patching loop",
         "",
@@ -70,8 +81,9 @@ def main() -> None:
         comparison.row(),
         "",
         f"Values: max absolute difference {diff:.2e} over the {grid} grid points.",
-        f"Peak resident memory added (forked child): memlens {mem_ours:.0f} MiB, "
-        f"transformer_lens loop {mem_tl:.0f} MiB.",
+        f"Peak resident memory added over a process that loads the run and builds the pairs "
+        f"({base:.0f} MiB): memlens {mem_ours:.0f} MiB, transformer_lens loop {mem_tl:.0f} MiB "
+        "(each measured in a fresh process).",
         "",
         "Why the ratio is bounded: both paths do the same matrix work per grid point except that "
         "memlens starts each forward at the patched layer (the layers below cannot change) and "

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TABLE_HEADER, compare, peak_memory_mb, write_doc  # noqa: E402
+from common import TABLE_HEADER, compare, peak_memory_mb, report_peak, write_doc  # noqa: E402
 
 from memlens import load_run  # noqa: E402
 from memlens.analysis.common import cached_activations  # noqa: E402
@@ -37,14 +37,33 @@ def features(run, examples):
     return torch.stack([acts[h] for h in hooks], 1).flatten(1, 2).float()
 
 
+def memory_probe(spec: str) -> None:
+    """In a fresh process: load the run, take 10,000 clean examples, probe them (or not)."""
+    run_dir, mode = spec.split("::")
+    r = load_run(run_dir)
+    variables = ["column_sum", "carry", "answer_digit"] if r.config.task == "fda" else [
+        "bridge_entity", "answer_entity"]
+    clean = r.splits["train_clean"]
+    if "n_hops" in clean.intermediates:
+        clean = clean[clean.intermediates["n_hops"] == 2]
+    ten_k = subset(clean, 10_000, 0)
+    if mode == "fit":
+        fit_probes(r.model, ten_k[:8000], {"heldout": ten_k[8000:]}, variables, controls=True)
+    report_peak()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fda-run", required=True)
     parser.add_argument("--thr-run", default=None)
     parser.add_argument("--n-fit", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # internal
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.memory_probe is not None:
+        memory_probe(args.memory_probe)
+        return
 
     run = load_run(args.fda_run)
     fit, groups = probe_groups(run, n_fit=args.n_fit, n_eval=1000)
@@ -91,17 +110,10 @@ def main() -> None:
     for label, run_dir in (("FDA small", args.fda_run), ("THR small", args.thr_run)):
         if not run_dir:
             continue
-        r = run if run_dir == args.fda_run else load_run(run_dir)
-        variables = ("column_sum", "carry", "answer_digit") if r.config.task == "fda" else (
-            "bridge_entity", "answer_entity")
-        clean = r.splits["train_clean"]
-        if "n_hops" in clean.intermediates:
-            clean = clean[clean.intermediates["n_hops"] == 2]
-        ten_k = subset(clean, 10_000, 0)
-        fit_part, eval_part = ten_k[:8000], {"heldout": ten_k[8000:]}
-        mb = peak_memory_mb(lambda: fit_probes(r.model, fit_part, eval_part, list(variables),
-                                               controls=True))
-        memory_rows.append(f"| {label} | {len(ten_k):,} | {', '.join(variables)} | {mb:.0f} |")
+        base = peak_memory_mb(__file__, "--fda-run", args.fda_run, "--memory-probe", f"{run_dir}::none")
+        peak = peak_memory_mb(__file__, "--fda-run", args.fda_run, "--memory-probe", f"{run_dir}::fit")
+        variables = "column_sum, carry, answer_digit" if "fda" in label.lower() else "bridge_entity, answer_entity"
+        memory_rows.append(f"| {label} | 10,000 | {variables} | {peak - base:.0f} | {peak:.0f} |")
         print(memory_rows[-1], flush=True)
 
     text = "\n".join([
@@ -119,11 +131,12 @@ def main() -> None:
         f"mean {acc_ours.mean():.4f}, scikit-learn mean {acc_sklearn.mean():.4f}; per-probe "
         f"difference max {diff.max():.4f}, mean {diff.mean():.4f}.",
         "",
-        "Peak resident memory added by `fit_probes` on 10,000 examples (8,000 fit, 2,000 held out, "
-        "controls included), measured in a forked child:",
+        "Peak resident memory of `fit_probes` on 10,000 clean examples (8,000 fit, 2,000 held out, "
+        "controls included), each in a fresh process, minus a process that loads the same run "
+        "and data without probing:",
         "",
-        "| model | examples | variables | peak MiB |",
-        "|---|---|---|---|",
+        "| model | examples | variables | peak MiB added by probing | process peak MiB |",
+        "|---|---|---|---|---|",
         *memory_rows,
         "",
     ])

@@ -45,7 +45,8 @@ def summarize(run_dir: str) -> None:
     for key, s in load_analysis(run_dir, "interventions")["summary"].items():
         table = pd.DataFrame(s["table"]).set_index("intervention").round(3)
         site = {k: s["settings"][k] for k in ("layer", "position", "inlp_rank")}
-        print(f"{key} at {site}")
+        accs = s["settings"].get("inlp_probe_accuracy_before_each_iteration_and_after", [])
+        print(f"{key} at {site}; INLP probe accuracy by iteration {[round(a, 3) for a in accs]}")
         print(table.to_string())
 
     enc = load_analysis(run_dir, "encoding")["summary"]

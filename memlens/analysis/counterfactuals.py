@@ -23,7 +23,7 @@ Examples for which no counterfactual exists (e.g. no digit keeps the carries) ar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -45,7 +45,9 @@ class CounterfactualPairs:
     ``valid`` flags which of the requested examples got a counterfactual; ``original`` and
     ``counterfactual`` hold only those. ``intended`` lists ``(name, column)`` entries that differ
     in every pair; intermediates named in ``free`` may change as a side effect; every other
-    checked intermediate is identical.
+    checked intermediate is identical. ``answer_slots`` are the answer positions (indices into
+    ``answer_pos``) that the intended change itself decides: the column of a column sum or of a
+    carry, the THR answer; empty for a partial sum, which leaves the answer unchanged.
     """
 
     variable: str
@@ -55,6 +57,7 @@ class CounterfactualPairs:
     valid: Tensor
     intended: list[tuple[str, int | None]]
     free: tuple[str, ...] = ()
+    answer_slots: list[int] = field(default_factory=list)
 
     def differing(self) -> dict[tuple[str, int | None], Tensor]:
         """Per checked intermediate entry, which pairs differ in it."""
@@ -184,7 +187,10 @@ def _fda(task: FDATask, examples: Examples, variable: str, column: int | None,
     counterfactual = task._examples(new_v, new_v.sum(1), no_noise)
     counterfactual.origin = examples.origin
     free = ("column_sum", "carry") if variable == "partial_sum" else ()
-    return CounterfactualPairs(variable, column, original, counterfactual, valid_t, intended, free)
+    slots = [] if variable == "partial_sum" else [
+        i for i in range(c.answer_width) if task.layout.answer_column(i) == col]
+    return CounterfactualPairs(variable, column, original, counterfactual, valid_t, intended, free,
+                               slots)
 
 
 # -- THR ---------------------------------------------------------------------------------------
@@ -219,4 +225,4 @@ def _thr(task: THRTask, examples: Examples, rng: np.random.Generator) -> Counter
     counterfactual.origin = examples.origin
     intended = [("head_entity", None), ("bridge_entity", None)]
     return CounterfactualPairs("bridge_entity", None, examples[valid_t], counterfactual, valid_t,
-                               intended, free=("answer_entity",))
+                               intended, free=("answer_entity",), answer_slots=[0])

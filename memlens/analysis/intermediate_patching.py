@@ -22,8 +22,9 @@ from memlens.tasks.base import Examples
 
 @dataclass
 class PatchIntermediateResult(Result):
-    """Per (layer, position) and group: the share of clean examples whose answer moved to the
-    counterfactual answer, and the noisy-label recall after patching (with its drop)."""
+    """Per (layer, position) and group: the share of examples whose answer moved to the
+    counterfactual's answer in the slots the intermediate decides (``moved_rate``), and the recall
+    of the trained label after patching (with its drop from the unpatched baseline)."""
 
     variable: str
     column: int | None
@@ -129,9 +130,13 @@ def patch_intermediate(model, examples: Examples, variable: str, *, column: int 
     layers_used = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     positions_used = list(range(original.tokens.shape[1])) if positions is None else list(positions)
 
-    affected = counter.true_labels != original.true_labels  # answer slots the change reaches
+    # "moved": the answer slots that the intermediate decides now show the counterfactual's
+    # answer (for a carry into column c: digit c; the column below changes too, but by its own
+    # column sum). Pairs whose slots do not differ cannot move and count as not moved.
+    slots = torch.tensor(pairs.answer_slots, dtype=torch.long)
+    differs = (counter.true_labels[:, slots] != original.true_labels[:, slots]).all(-1)
+    moved = (preds[..., slots] == counter.true_labels[:, slots]).all(-1) & differs
     recall = (preds == original.labels).all(-1)  # (L, P, n)
-    moved = ((preds == counter.true_labels) | ~affected).all(-1) & affected.any(-1)
     base_recall = (base == original.labels).all(-1)
     groups = {"clean": ~original.is_noisy, "noisy": original.is_noisy}
     rows, baseline = [], {}

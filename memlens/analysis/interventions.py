@@ -34,10 +34,13 @@ def _resid_hook(layer: int, point: str) -> str:
 
 def inlp_basis(model, fit: Examples, variable: str, *, layer: int, point: str = "pre",
                position: int, column: int | None = None, iterations: int = 3,
-               max_iter: int = 100) -> tuple[Tensor, list[float]]:
-    """Orthonormal basis ``(d_model, rank)`` of the directions INLP removes, and the held-in probe
-    accuracy before each iteration (it should fall towards the majority baseline). ``column``
-    restricts a multi-column intermediate to one column; by default every column is probed."""
+               rank_per_iteration: int = 8, max_iter: int = 100) -> tuple[Tensor, list[float]]:
+    """Orthonormal basis ``(d_model, rank)`` of the directions INLP removes, and the probe
+    accuracy before each iteration and after the last (it should fall towards the majority
+    baseline). Each iteration removes the ``rank_per_iteration`` strongest directions of the
+    probe (top singular vectors of its weights): with many classes (200 THR entities) the full
+    row space would be the whole residual stream. ``column`` restricts a multi-column
+    intermediate to one column; by default every column is probed."""
     check_examples(model, fit, "fit examples")
     if not 0 <= layer < model.cfg.n_layers:
         raise AnalysisError(f"layer={layer} out of range: the model has layers 0..{model.cfg.n_layers - 1}")
@@ -52,21 +55,27 @@ def inlp_basis(model, fit: Examples, variable: str, *, layer: int, point: str = 
             raise AnalysisError(f"{variable!r} has no column {column}")
     y = torch.stack([t.values(fit) for t in targets], 1)
     n_classes = [int(y[:, i].max()) + 1 for i in range(y.shape[1])]
+    if rank_per_iteration < 1 or iterations < 1:
+        raise AnalysisError(f"iterations={iterations} and rank_per_iteration={rank_per_iteration} "
+                            "must be >= 1")
     basis = torch.zeros(x.shape[1], 0)
     accuracies = []
-    for _ in range(iterations):
-        projected = x - (x @ basis) @ basis.T
+
+    def probe_accuracy(projected: Tensor):
         mean, std = projected.mean(0), projected.std(0).clamp(min=1e-6)
         z = ((projected - mean) / std)[:, None]
         weight, bias = fit_softmax_probes(z, y, n_classes, max_iter=max_iter)
-        accuracies.append(float((predict_probes(z, weight, bias, n_classes)[:, 0] == y).float().mean()))
-        # directions in the raw activation space: W acts on standardized features
-        directions = (weight[0] / std[:, None])  # (d, C)
+        acc = float((predict_probes(z, weight, bias, n_classes)[:, 0] == y).float().mean())
+        return acc, weight[0] / std[:, None]  # directions in the raw activation space
+
+    for _ in range(iterations):
+        acc, directions = probe_accuracy(x - (x @ basis) @ basis.T)
+        accuracies.append(acc)
         directions = directions - basis @ (basis.T @ directions)
-        q, r = torch.linalg.qr(directions)
-        keep = r.diagonal().abs() > 1e-6 * r.diagonal().abs().max()
-        basis = torch.cat([basis, q[:, keep]], 1)
-        basis, _ = torch.linalg.qr(basis)
+        u, sv, _ = torch.linalg.svd(directions, full_matrices=False)
+        keep = min(rank_per_iteration, int((sv > 1e-6 * sv.max()).sum()))
+        basis, _ = torch.linalg.qr(torch.cat([basis, u[:, :keep]], 1))
+    accuracies.append(probe_accuracy(x - (x @ basis) @ basis.T)[0])
     return basis, accuracies
 
 
@@ -125,7 +134,7 @@ class InterventionResult(Result):
 
 def intervene(model, groups: dict[str, Examples], fit: Examples, variable: str, *, layer: int,
               position: int, column: int | None = None, point: str = "pre", iterations: int = 3,
-              seed: int = 0) -> InterventionResult:
+              rank_per_iteration: int = 8, seed: int = 0) -> InterventionResult:
     """Remove ``variable`` at (``layer``, ``point``, ``position``) by mean ablation and by INLP,
     beside a random subspace of INLP's rank; measure the memorization metrics under each.
 
@@ -146,7 +155,8 @@ def intervene(model, groups: dict[str, Examples], fit: Examples, variable: str, 
         check_examples(model, ex, f"group {name!r}")
     hook = _resid_hook(layer, point)
     basis, inlp_acc = inlp_basis(model, fit, variable, layer=layer, point=point, position=position,
-                                 column=column, iterations=iterations)
+                                 column=column, iterations=iterations,
+                                 rank_per_iteration=rank_per_iteration)
     mean = cached_activations(model, fit.tokens, [hook], [position])[hook].mean(0)
     control = random_basis(model.cfg.d_model, basis.shape[1], seed)
     variants = {
@@ -164,5 +174,5 @@ def intervene(model, groups: dict[str, Examples], fit: Examples, variable: str, 
                      else basis.shape[1], **{k: v for k, v in metrics.items() if k.endswith("_acc")}})
     settings = {"variable": variable, "column": column, "layer": layer, "point": point, "position": position,
                 "iterations": iterations, "inlp_rank": basis.shape[1],
-                "inlp_probe_accuracy_by_iteration": inlp_acc}
+                "inlp_probe_accuracy_before_each_iteration_and_after": inlp_acc}
     return InterventionResult(frame=pd.DataFrame(rows), settings=settings)
