@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from memlens.training.checkpoint import CheckpointError
@@ -27,7 +28,7 @@ def run_train_command(args: argparse.Namespace, overrides: dict) -> int:
         result = train(config, out, device=args.device, resume=args.resume,
                        progress=not args.no_progress)
     except (RunDirError, CheckpointError) as err:
-        print(f"memlens train: error: {err}")
+        print(f"memlens train: error: {err}", file=sys.stderr)
         return 2
     print(f"run: {result.run_dir}")
     print("final: " + json.dumps({k: round(v, 4) for k, v in result.final_metrics.items()}))

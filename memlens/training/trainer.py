@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from memlens.io import atomic_write_json
 from memlens.models import build_model
 from memlens.tasks import Dataset, Examples, task_from_config
 from memlens.training import run as rundir
@@ -200,8 +201,6 @@ def _train(config: RunConfig, run_dir: Path, device: str, continuing: bool, prog
     final = {k: v for k, v in rows[-1].items() if k not in ("step", "lr", "wall_s")}
     phases = phase_summary(pd.DataFrame(rows))
     save_weights(run_dir / rundir.FINAL, model, tcfg.steps, fingerprint)
-    from memlens.io import atomic_write_json
-
     atomic_write_json(run_dir / rundir.SUMMARY, {
         "final_metrics": final, "phases": phases, "wall_seconds": round(wall, 2),
         "steps_per_second": round(steps_per_second, 2), "device": device,
