@@ -90,7 +90,7 @@ def patch_grid(model, source: Int[Tensor, "n pos"], target: Int[Tensor, "n pos"]
     >>> ex = task.generate(0).test[:8]
     >>> out = patch_grid(model, ex.tokens, ex.tokens.roll(1, 0), lambda l: l[:, -1].mean())
     >>> tuple(out.shape)
-    (1, 9)
+    (1, 10)
     """
     if source.shape != target.shape:
         raise AnalysisError(f"source and target token shapes differ: {tuple(source.shape)} vs "

@@ -198,7 +198,7 @@ def fit_probes(model, fit: Examples, evaluate: dict[str, Examples], variables: l
     >>> model = build_model(ModelConfig(n_layers=1, d_model=32, n_heads=2), task, seed=0)
     >>> s = task.generate(seed=0).splits
     >>> res = fit_probes(model, s["train_clean"][:300], {"noisy": s["train_noisy"]}, "carry",
-    ...                  positions=[10], max_iter=20)
+    ...                  positions=[6], max_iter=20)
     >>> sorted(res.to_frame()["group"].unique())
     ['noisy']
     """

@@ -29,7 +29,7 @@ class TrainConfig:
     at ``checkpoint_log_points`` log-spaced evaluation steps and at the end.
 
     >>> TrainConfig(steps=1000, eval_every=250).eval_steps()[:6]
-    [0, 1, 2, 4, 7, 12]
+    [0, 1, 2, 3, 4, 6]
     """
 
     steps: int = 4_000
