@@ -20,4 +20,5 @@ def test_small_preset_generalizes_then_memorizes(tmp_path, task):
     assert final["train_clean_acc"] >= 0.99
     assert final["noisy_memorized_acc"] >= 0.90
     assert result.phases["generalized_first"]
-    assert result.wall_seconds < 20 * 60
+    # wall time (about 6 and 18 minutes alone on 2 cores) is printed, not asserted: CI machines
+    # share cores, and a timing assertion would fail on load rather than on behaviour
