@@ -10,7 +10,7 @@ claim is about). Thresholds and their reasons are in docs/claims.md.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -177,4 +177,4 @@ def to_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["CLAIMS", "Claim", "score", "to_markdown", "asdict"]
+__all__ = ["CLAIMS", "Claim", "score", "to_markdown"]

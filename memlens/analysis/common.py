@@ -65,14 +65,14 @@ def check_layers(model, layers: Iterable[int] | None, allow_final: bool = False)
     return layers
 
 
-def check_positions(examples: Examples, positions: Iterable[int] | None) -> list[int]:
-    n = examples.tokens.shape[1]
+def check_positions(n_pos: int, positions: Iterable[int] | None) -> list[int]:
+    """Positions of ``n_pos``-long sequences, all by default; out of range names the range."""
     if positions is None:
-        return list(range(n))
+        return list(range(n_pos))
     positions = [int(p) for p in positions]
-    bad = [p for p in positions if not 0 <= p < n]
+    bad = [p for p in positions if not 0 <= p < n_pos]
     if bad:
-        raise AnalysisError(f"position(s) {bad} out of range: sequences have positions 0..{n - 1}")
+        raise AnalysisError(f"position(s) {bad} out of range: sequences have positions 0..{n_pos - 1}")
     return positions
 
 

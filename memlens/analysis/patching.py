@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from memlens.analysis.common import AnalysisError, check_layers, model_device
+from memlens.analysis.common import AnalysisError, check_layers, check_positions, model_device
 
 # hook kind -> (hook name template, component axis name or None)
 HOOKS: dict[str, tuple[str, str | None]] = {
@@ -55,10 +55,7 @@ def check_grid(model, kind: str, layers, positions, components, n_pos: int):
     if kind not in HOOKS:
         raise AnalysisError(f"unknown hook {kind!r}; valid hooks: {sorted(HOOKS)}")
     layers = check_layers(model, layers)
-    positions = list(range(n_pos)) if positions is None else [int(p) for p in positions]
-    bad = [p for p in positions if not 0 <= p < n_pos]
-    if bad:
-        raise AnalysisError(f"position(s) {bad} out of range: sequences have positions 0..{n_pos - 1}")
+    positions = check_positions(n_pos, positions)
     n_comp = component_count(model, kind)
     if n_comp == 0:
         if components is not None:

@@ -18,7 +18,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from memlens.analysis.common import AnalysisError, Result, cached_activations, check_examples
+from memlens.analysis.common import (
+    AnalysisError, Result, cached_activations, check_examples, check_positions,
+)
 from memlens.tasks.base import Examples
 
 MAX_DIRECT_CLASSES = 100
@@ -209,11 +211,7 @@ def fit_probes(model, fit: Examples, evaluate: dict[str, Examples], variables: l
     for v in variables:
         if v not in fit.intermediates:
             raise AnalysisError(f"unknown intermediate {v!r}; valid names: {probe_variables(fit)}")
-    n_pos = fit.tokens.shape[1]
-    positions = list(range(n_pos)) if positions is None else [int(p) for p in positions]
-    bad = [p for p in positions if not 0 <= p < n_pos]
-    if bad:
-        raise AnalysisError(f"position(s) {bad} out of range: sequences have positions 0..{n_pos - 1}")
+    positions = check_positions(fit.tokens.shape[1], positions)
 
     def two_hop(ex: Examples) -> Examples:
         return ex[ex.intermediates["n_hops"] == 2] if "n_hops" in ex.intermediates else ex
