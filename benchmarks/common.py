@@ -1,21 +1,25 @@
 """Benchmark helpers: alternate the memlens path and its baseline in one process, report the
-median time ratio and its spread, measure peak memory in a forked child, write markdown."""
+median time ratio and its spread, measure the peak memory a call adds in a fresh process,
+write markdown."""
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import resource
 import subprocess
 import sys
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from memlens.io import atomic_write_text
+from memlens.io import atomic_write_json, atomic_write_text
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs" / "benchmarks"
 
 
 @dataclass
@@ -66,16 +70,63 @@ def compare(name: str, memlens_fn: Callable[[], Any], baseline_fn: Callable[[], 
 
 
 def peak_memory_mb(script: str, *args: str) -> float:
-    """Peak resident memory of a fresh Python process running ``script *args`` (MiB).
+    """Memory a fresh Python process running ``script *args`` reports (MiB).
 
     A fresh process, not a fork (torch's thread pools do not survive a fork). The script must
-    end by calling :func:`report_peak`; run it once with a no-op mode to get the baseline.
+    end by calling :func:`report_peak` (its lifetime peak) or :func:`report_peak_of` (the peak
+    added by one call, which is what a comparison wants).
     """
     out = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True)
     for line in out.stdout.splitlines():
-        if line.startswith("PEAK_KB "):
+        if line.startswith(("PEAK_KB ", "PEAK_ADDED_KB ")):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"{script} {args} did not report its peak memory")
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * (resource.getpagesize() // 1024)
+
+
+def _release_free_memory() -> None:
+    """Return freed heap to the OS, so that RSS before a call is what is really in use."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc: the figure is then an upper bound of what the call needs
+        pass
+
+
+def peak_added_kb(fn: Callable[[], Any], interval_s: float = 0.0005) -> tuple[int, Any]:
+    """(peak resident memory during ``fn()`` minus that before it, in KiB; ``fn``'s result).
+
+    A thread samples /proc/self/statm every ``interval_s``: the process's lifetime peak
+    (ru_maxrss) would be set by loading the model and data, not by the call measured.
+    """
+    _release_free_memory()
+    before = _rss_kb()
+    peak, done = before, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss_kb())
+            time.sleep(interval_s)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        out = fn()
+    finally:
+        done.set()
+        thread.join()
+    return max(peak, _rss_kb()) - before, out
+
+
+def report_peak_of(fn: Callable[[], Any]) -> None:
+    """Print the peak memory ``fn()`` adds, for :func:`peak_memory_mb`."""
+    added, _ = peak_added_kb(fn)
+    print(f"PEAK_ADDED_KB {added}", flush=True)
 
 
 def report_peak() -> None:
@@ -87,3 +138,20 @@ def write_doc(filename: str, text: str) -> Path:
     path = DOCS / filename
     atomic_write_text(path, text)
     return path
+
+
+def write_json(filename: str, record: dict) -> Path:
+    """The figures of one benchmark, for benchmarks/run_all.py to collect into docs/benchmarks.md."""
+    path = DOCS / filename
+    atomic_write_json(path, record)
+    return path
+
+
+def command_line() -> str:
+    """How this benchmark was started, relative to the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script = script.relative_to(ROOT)
+    except ValueError:
+        pass
+    return " ".join(["python", str(script), *sys.argv[1:]])

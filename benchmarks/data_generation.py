@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from memlens.io import atomic_write_text
+from memlens.io import atomic_write_json, atomic_write_text
 from memlens.tasks import make_task
 
 CASES = [
@@ -38,10 +38,11 @@ def time_case(task_name: str, preset: str, overrides: dict, repeats: int = 5) ->
 
 def main() -> None:
     torch.set_num_threads(2)
-    rows = []
+    rows, record = [], []
     for task_name, preset, overrides, label in CASES:
         seconds, n = time_case(task_name, preset, overrides)
         rows.append(f"| {label} | {n:,} | {seconds:.3f} |")
+        record.append({"dataset": label, "examples": n, "seconds": seconds})
         print(rows[-1], flush=True)
     text = "\n".join([
         "# Dataset generation time",
@@ -54,7 +55,11 @@ def main() -> None:
         *rows,
         "",
     ])
-    atomic_write_text(Path(__file__).resolve().parents[1] / "docs/benchmarks/data_generation.md", text)
+    docs = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
+    atomic_write_text(docs / "data_generation.md", text)
+    atomic_write_json(docs / "data_generation.json", {
+        "command": "python benchmarks/data_generation.py", "machine": f"{platform.machine()}, torch threads 2",
+        "headline": [], "cases": record})
 
 
 if __name__ == "__main__":

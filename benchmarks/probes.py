@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TABLE_HEADER, compare, peak_memory_mb, report_peak, write_doc  # noqa: E402
+from common import TABLE_HEADER, command_line, compare, peak_memory_mb, report_peak_of, write_doc, write_json  # noqa: E402
 
 from memlens import load_run  # noqa: E402
 from memlens.analysis.common import cached_activations  # noqa: E402
@@ -47,9 +48,11 @@ def memory_probe(spec: str) -> None:
     if "n_hops" in clean.intermediates:
         clean = clean[clean.intermediates["n_hops"] == 2]
     ten_k = subset(clean, 10_000, 0)
-    if mode == "fit":
-        fit_probes(r.model, ten_k[:8000], {"heldout": ten_k[8000:]}, variables, controls=True)
-    report_peak()
+    def fit():
+        if mode == "fit":
+            fit_probes(r.model, ten_k[:8000], {"heldout": ten_k[8000:]}, variables, controls=True)
+
+    report_peak_of(fit)
 
 
 def main() -> None:
@@ -106,21 +109,20 @@ def main() -> None:
     print(f"mean accuracy memlens {acc_ours.mean():.4f}, scikit-learn {acc_sklearn.mean():.4f}; "
           f"max |diff| {diff.max():.4f}, mean |diff| {diff.mean():.4f}", flush=True)
 
-    memory_rows = []
+    memory_rows, memory = [], {}
     for label, run_dir in (("FDA small", args.fda_run), ("THR small", args.thr_run)):
         if not run_dir:
             continue
-        base = peak_memory_mb(__file__, "--fda-run", args.fda_run, "--memory-probe", f"{run_dir}::none")
-        peak = peak_memory_mb(__file__, "--fda-run", args.fda_run, "--memory-probe", f"{run_dir}::fit")
+        added = peak_memory_mb(__file__, "--fda-run", args.fda_run, "--memory-probe", f"{run_dir}::fit")
         variables = "column_sum, carry, answer_digit" if "fda" in label.lower() else "bridge_entity, answer_entity"
-        memory_rows.append(f"| {label} | 10,000 | {variables} | {peak - base:.0f} | {peak:.0f} |")
+        memory_rows.append(f"| {label} | 10,000 | {variables} | {added:.0f} |")
+        memory[label] = added
         print(memory_rows[-1], flush=True)
 
     text = "\n".join([
         "# Probes: batched L-BFGS versus a scikit-learn loop",
         "",
-        f"Command: `.venv/bin/python benchmarks/probes.py --fda-run {args.fda_run}"
-        + (f" --thr-run {args.thr_run}" if args.thr_run else "") + "`",
+        f"Command: `{command_line()}`",
         f"Machine: {platform.machine()}, torch threads 2. Same standardized features on both sides "
         "(every residual point x position), same objective (multinomial logistic regression, C=1).",
         "",
@@ -131,16 +133,23 @@ def main() -> None:
         f"mean {acc_ours.mean():.4f}, scikit-learn mean {acc_sklearn.mean():.4f}; per-probe "
         f"difference max {diff.max():.4f}, mean {diff.mean():.4f}.",
         "",
-        "Peak resident memory of `fit_probes` on 10,000 clean examples (8,000 fit, 2,000 held out, "
-        "controls included), each in a fresh process, minus a process that loads the same run "
-        "and data without probing:",
+        "Peak resident memory that `fit_probes` adds on 10,000 clean examples (8,000 fit, 2,000 "
+        "held out, controls included), sampled every 0.5 ms in a fresh process that has loaded "
+        "the run and data:",
         "",
-        "| model | examples | variables | peak MiB added by probing | process peak MiB |",
-        "|---|---|---|---|---|",
+        "| model | examples | variables | peak MiB added by probing |",
+        "|---|---|---|---|",
         *memory_rows,
         "",
     ])
     print(write_doc("probes.md", text))
+    write_json("probes.json", {
+        "command": command_line(), "machine": f"{platform.machine()}, torch threads 2",
+        "headline": [{"benchmark": comparison.name, "figure": "speed-up vs scikit-learn loop",
+                      "value": round(statistics.median(comparison.ratios), 2), "goal": None}],
+        "mean_accuracy": {"memlens": float(acc_ours.mean()), "sklearn": float(acc_sklearn.mean())},
+        "peak_added_mib_10k": memory,
+        "seconds": {"memlens": comparison.memlens_seconds, "baseline": comparison.baseline_seconds}})
 
 
 if __name__ == "__main__":

@@ -63,8 +63,14 @@ def _analysis(run_dir: Path, name: str) -> dict:
         raise NotMeasured(str(err)) from None
 
 
+def _finished(summary: dict) -> dict:
+    if "phases" not in summary or "final_metrics" not in summary:
+        raise NotMeasured("the run has not finished training")
+    return summary
+
+
 def claim1(run_dir: Path, summary: dict) -> float:
-    phases = summary["phases"]
+    phases = _finished(summary)["phases"]
     test, mem = phases.get("step_test_acc_0.9"), phases.get("step_noisy_memorized_0.5")
     if test is None:
         raise NotMeasured("test accuracy never reached 0.9")
@@ -74,7 +80,7 @@ def claim1(run_dir: Path, summary: dict) -> float:
 
 
 def claim2(run_dir: Path, summary: dict) -> float:
-    final = summary["final_metrics"]
+    final = _finished(summary)["final_metrics"]
     return float(min(final["noisy_memorized_acc"], final["test_acc"]))
 
 

@@ -3,6 +3,8 @@
     memlens data {fda,thr} [--preset P] [--seed N] [--noise-rate R] [--show K] [--export FILE]
     memlens train {fda,thr} [--preset P] [--seed N] [--noise-rate R] [--out DIR] [--resume] ...
     memlens analyze RUN_DIR [--only NAME,...]
+    memlens report RUN_DIR [RUN_DIR ...] [--out report.html]
+    memlens reproduce [--preset P] [--seeds K] [--out DIR] [--jobs N]
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from memlens.presets import DEFAULT_PRESET, PRESET_NAMES
 from memlens.tasks import TASKS
 
 
-def _parse_sets(pairs: Sequence[str]) -> dict[str, str]:
+def parse_sets(pairs: Sequence[str]) -> dict[str, str]:
     """``["train.steps=100", ...]`` to ``{"train.steps": "100"}``."""
     out = {}
     for pair in pairs:
@@ -41,7 +43,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _task_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """``--set task.X=V`` and ``--noise-rate`` as task-config overrides."""
-    sets = _parse_sets(args.sets)
+    sets = parse_sets(args.sets)
     overrides: dict[str, Any] = {}
     for key, value in sets.items():
         section, _, name = key.partition(".")
@@ -84,7 +86,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps {args.steps} is invalid: expected an integer >= 1")
-    return run_train_command(args, _parse_sets(args.sets))
+    return run_train_command(args, parse_sets(args.sets))
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
@@ -94,10 +96,43 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     try:
         parse_only(args.only)  # refuse an unknown name before loading anything
-        analyze_run(args.run_dir, args.only)
+        analyze_run(args.run_dir, args.only, device=args.device)
     except (AnalysisError, RunDirError) as err:
         print(f"memlens analyze: error: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from memlens.analysis.common import AnalysisError
+    from memlens.training.run import RunDirError
+    from memlens.viz.report import write_report
+
+    try:
+        path = write_report(args.run_dirs, args.out, log=print)
+    except (AnalysisError, RunDirError) as err:
+        print(f"memlens report: error: {err}", file=sys.stderr)
+        return 2
+    print(f"report: {path}")
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from memlens.reproduce import reproduce
+    from memlens.training.run import RunDirError
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    try:
+        result = reproduce(preset=args.preset, seeds=args.seeds, out=args.out, jobs=args.jobs,
+                           device=args.device, tasks=tasks, sets=args.sets)
+    except RunDirError as err:
+        print(f"memlens reproduce: error: {err}", file=sys.stderr)
+        return 2
+    failed = [r["job"] for r in result["runs"] if not r["ok"]]
+    if failed:
+        print(f"memlens reproduce: {len(failed)} run(s) failed: {', '.join(failed)} (logs in "
+              f"{result['out']}/logs)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -124,7 +159,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="run analyses on a run directory (writes RUN/analysis/*.json)")
     p.add_argument("run_dir", help="a directory written by `memlens train`")
     p.add_argument("--only", default=None, metavar="NAME,...", help="analyses to run (default: all)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser("report", help="write one self-contained HTML page from run directories")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="report.html", help="the HTML file (default report.html)")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("reproduce", help="train, analyze and report both tasks for several seeds; "
+                                         "score the claims (claims.json, claims.md)")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESET_NAMES)
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1 per task (default 3)")
+    p.add_argument("--out", default=None, help="directory of the runs (default runs/reproduce-PRESET)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (processes)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--tasks", default="fda,thr", help="comma-separated tasks (default fda,thr)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a config field in every run (repeatable)")
+    p.set_defaults(func=_cmd_reproduce)
     return parser
 
 

@@ -1,21 +1,14 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the main job: a quick end-to-end run on the CPU.
-# Generates both tasks, trains the tiny presets, runs every analysis on them.
-# (It grows into `memlens reproduce` as that lands.)
+# Set up (if needed) and run the main job: a quick end-to-end reproduction on the CPU.
+# Shows both tasks' data, then `memlens reproduce` on the tiny preset (two seeds per task, two
+# runs at a time): training, every analysis, the report and the claims scorecard. A few minutes
+# on 2 cores. Finished runs are reused on a second call; the full study is
+# `memlens reproduce --preset small --seeds 3` (about 75 minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 OUT="${OUT:-runs/main}"
-.venv/bin/memlens data fda --preset small --show 3
-.venv/bin/memlens data thr --preset small --show 3
-for task in fda thr; do
-    if [ -f "$OUT/$task-tiny-s0/final.safetensors" ]; then
-        echo "$OUT/$task-tiny-s0 is complete; reusing it"
-    else
-        resume=""
-        [ -f "$OUT/$task-tiny-s0/config.json" ] && resume="--resume"
-        .venv/bin/memlens train "$task" --preset tiny --seed 0 --out "$OUT/$task-tiny-s0" $resume
-    fi
-    .venv/bin/memlens analyze "$OUT/$task-tiny-s0"
-done
-echo "main job done: runs and analyses under $OUT"
+.venv/bin/memlens data fda --preset small --show 2
+.venv/bin/memlens data thr --preset small --show 2
+.venv/bin/memlens reproduce --preset tiny --seeds 2 --jobs 2 --out "$OUT"
+echo "main job done: $OUT/report.html, $OUT/claims.md"

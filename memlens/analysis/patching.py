@@ -1,17 +1,23 @@
-"""Batched activation patching on TransformerLens hooks.
-
-One forward pass patches many grid points: the target batch is repeated once per grid point
-(stacked along the batch dimension) and each copy gets the source activation at its own
-(layer, position[, head or neuron]). Chunks bound the memory. Every forward for layer ``L``
-starts at ``L`` from the target run's cached residual stream (``start_at_layer``): the layers
-below a patch cannot change, so they are computed once, not once per grid point. Hooks are
-attached with ``model.hooks(...)``, which removes them in a ``finally``, also when a hook or the
-metric raises.
+"""Activation patching on TransformerLens hooks, computing only what a patch can change.
 
 Direction follows ``transformer_lens.patching``: activations of the *source* run (TL's "clean
 cache") are written into the *target* run (TL's "corrupted tokens"), and ``metric(logits)`` is
 computed on the patched run. ``patch_grid(model, source=clean, target=corrupted, ...)`` equals
 ``get_act_patch_resid_pre(model, corrupted, clean_cache, metric)``.
+
+A patch at (layer L, position p) can only change activations at layers >= L and positions >= p
+(the model is causal), and it changes nothing at all for an example whose source activation
+there equals its target activation. So, for each grid point, the engine
+
+1. skips the examples whose source and target activations are equal there (their patched run
+   is the target run: its logits are reused);
+2. runs the others from layer L (``start_at_layer``) on positions p.. only, with the target
+   run's keys and values of positions < p given as a frozen TransformerLens key-value cache;
+3. writes those suffix logits into a copy of the target logits and calls ``metric``.
+
+Grid points of one (layer, position) share a forward, chunked to bound memory. Hooks are
+attached with ``model.hooks(...)``, which removes them in a ``finally``, also when a hook or the
+metric raises. The design and its measured speed-up are in docs/benchmarks/patching.md.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from jaxtyping import Int
 from torch import Tensor
 
 from memlens.analysis.common import AnalysisError, check_layers, check_positions, model_device
+
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 # hook kind -> (hook name template, component axis name or None)
 HOOKS: dict[str, tuple[str, str | None]] = {
@@ -79,6 +88,7 @@ def patch_grid(model, source: Int[Tensor, "n pos"], target: Int[Tensor, "n pos"]
     ``(len(layers), len(positions)[, len(components)], *metric_shape)``. ``metric`` maps the
     patched run's logits ``(n, pos, vocab)`` to a scalar or any tensor (e.g. per example).
     ``chunk_size`` bounds the number of sequences in one forward pass.
+    ``source_cache`` (hook name -> activation) skips the source run when given.
 
     >>> from memlens.tasks import make_task
     >>> from memlens.models import build_model, ModelConfig
@@ -97,54 +107,115 @@ def patch_grid(model, source: Int[Tensor, "n pos"], target: Int[Tensor, "n pos"]
     device = model_device(model)
     names = sorted({hook_name(hook, layer) for layer in layers})
     if source_cache is None:
+        # The source run stops after the last layer it is read at (resid_pre of layer L is
+        # the input to L: no need to run L itself).
+        stop = max(layers) + (0 if hook == "resid_pre" else 1)
+        stop = stop if 0 <= stop < model.cfg.n_layers else None
         with torch.no_grad():
-            _, cache = model.run_with_cache(source.to(device), names_filter=lambda x: x in names,
-                                            return_type=None)
-        source_cache = {name: cache[name] for name in names}
+            out, cache = model.run_with_cache(source.to(device), names_filter=lambda x: x in names,
+                                              stop_at_layer=stop, return_type=None)
+        source_cache = {name: cache[name] for name in names if name in cache.cache_dict}
+        if hook == "resid_pre" and stop is not None:  # what the last block run hands on
+            source_cache[hook_name(hook, stop)] = out
         del cache
-    resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
+    kv_layers = range(min(layers), model.cfg.n_layers)
+    wanted = set(names) | {f"blocks.{layer}.hook_resid_pre" for layer in layers}
+    wanted |= {f"blocks.{i}.attn.hook_{kv}" for i in kv_layers for kv in "kv"}
     with torch.no_grad():
-        _, cache = model.run_with_cache(target.to(device), names_filter=lambda x: x in resid_names,
-                                        return_type=None)
-    target_resid = {layer: cache[f"blocks.{layer}.hook_resid_pre"] for layer in layers}
+        logits, cache = model.run_with_cache(target.to(device), names_filter=lambda x: x in wanted)
+    target_run = _TargetRun(logits, {name: cache[name] for name in wanted})
     del cache
-    per_forward = max(1, chunk_size // n)
     results: dict[tuple, Tensor] = {}
-    for layer in layers:  # one layer per forward, so that it can start at that layer
-        grid = list(itertools.product([layer], positions, components))
-        for start in range(0, len(grid), per_forward):
-            chunk = grid[start:start + per_forward]
-            values = _patched_forward(model, target_resid[layer], layer, chunk, hook, source_cache, metric)
-            results.update(zip(chunk, values))
+    for layer in layers:
+        name = hook_name(hook, layer)
+        for pos in positions:
+            changed = _changed_examples(source_cache[name], target_run.acts[name], pos, components)
+            values = _patch_suffix(model, target_run, hook, layer, pos, components, changed,
+                                   source_cache[name], metric, chunk_size)
+            results.update(((layer, pos, c), v) for c, v in zip(components, values))
     out = torch.stack([results[key] for key in itertools.product(layers, positions, components)])
     shape = (len(layers), len(positions)) + ((len(components),) if components != [None] else ())
     return out.reshape(shape + tuple(out.shape[1:]))
 
 
+class _TargetRun:
+    """The unpatched target run: its logits and the activations the engine reuses."""
+
+    def __init__(self, logits: Tensor, acts: dict[str, Tensor]):
+        self.logits, self.acts = logits, acts
+
+    def prefix_cache(self, model, layer: int, pos: int, examples: Tensor) -> TransformerLensKeyValueCache:
+        """A frozen key-value cache holding positions < ``pos`` of ``examples`` for the layers
+        from ``layer`` on (the layers below are not run and get empty entries)."""
+        entries = []
+        for i in range(model.cfg.n_layers):
+            if i < layer:
+                k = v = self.acts[f"blocks.{layer}.attn.hook_k"][examples[:0], :0]
+            else:
+                k = self.acts[f"blocks.{i}.attn.hook_k"][examples, :pos]
+                v = self.acts[f"blocks.{i}.attn.hook_v"][examples, :pos]
+            entries.append(TransformerLensKeyValueCacheEntry(k, v, frozen=True))
+        mask = torch.ones(len(examples), pos, dtype=torch.int, device=examples.device)
+        return TransformerLensKeyValueCache(entries, mask, frozen=True)
+
+
+def _changed_examples(src: Tensor, tgt: Tensor, pos: int, components: list) -> list[Tensor]:
+    """Per component, the indices of the examples whose source activation differs from the
+    target's at ``pos`` (a patch leaves the others' run exactly as it was)."""
+    if components == [None]:
+        return [(src[:, pos] != tgt[:, pos]).flatten(1).any(1).nonzero()[:, 0]]
+    diff = (src[:, pos, components] != tgt[:, pos, components])
+    diff = diff.flatten(2).any(2) if diff.ndim > 2 else diff  # heads: (n, comp, d_head)
+    return [diff[:, j].nonzero()[:, 0] for j in range(len(components))]
+
+
 @torch.no_grad()
-def _patched_forward(model, resid: Tensor, layer: int, chunk: list[tuple], kind: str,
-                     source_cache: dict[str, Tensor], metric) -> list[Tensor]:
-    """One forward from ``layer`` over ``len(chunk)`` stacked copies of the target residual
-    ``resid`` (the target run's input to ``layer``), each patched at its own grid point."""
-    n = resid.shape[0]
-    g_idx = torch.arange(len(chunk), device=resid.device)
-    p_idx = torch.tensor([pos for _, pos, _ in chunk], device=resid.device)
-    c_idx = None if chunk[0][2] is None else torch.tensor([c for _, _, c in chunk], device=resid.device)
-    src = source_cache[hook_name(kind, layer)]
+def _patch_suffix(model, target_run: _TargetRun, kind: str, layer: int, pos: int,
+                  components: list, changed: list[Tensor], src: Tensor, metric,
+                  chunk_size: int) -> list[Tensor]:
+    """``metric`` of the patched run for each component at (layer, pos)."""
+    rows = [(j, ex) for j, idx in enumerate(changed) for ex in idx.tolist()]
+    suffix_logits: list[Tensor] = []
+    for start in range(0, len(rows), chunk_size):
+        chunk = rows[start:start + chunk_size]
+        comp_of_row = torch.tensor([j for j, _ in chunk], device=src.device)
+        examples = torch.tensor([ex for _, ex in chunk], device=src.device)
+        suffix_logits.append(_suffix_forward(model, target_run, kind, layer, pos, components,
+                                             comp_of_row, examples, src))
+    suffix = torch.cat(suffix_logits) if suffix_logits else None
+    values, offset = [], 0
+    for idx in changed:
+        logits = target_run.logits
+        if len(idx):
+            logits = logits.clone()
+            logits[idx, pos:] = suffix[offset:offset + len(idx)]
+            offset += len(idx)
+        values.append(torch.as_tensor(metric(logits)).detach().cpu())
+    return values
+
+
+def _suffix_forward(model, target_run: _TargetRun, kind: str, layer: int, pos: int,
+                    components: list, comp_of_row: Tensor, examples: Tensor, src: Tensor) -> Tensor:
+    """Logits at positions ``pos``.. of the target run of ``examples``, patched at (layer, pos)
+    with the source activation (of component ``components[comp_of_row[r]]`` for row r)."""
+    rows = torch.arange(len(examples), device=src.device)
+    if components == [None]:
+        patch_value = src[examples, pos]
+    else:
+        comp = torch.tensor(components, device=src.device)[comp_of_row]
+        patch_value = src[examples, pos, comp]
 
     def patch(act: Tensor, hook) -> Tensor:
-        view = act.view(len(chunk), n, *act.shape[1:])
-        if c_idx is None:
-            view[g_idx, :, p_idx] = src[:, p_idx].transpose(0, 1).to(act.dtype)
+        if components == [None]:
+            act[:, 0] = patch_value.to(act.dtype)
         else:
-            view[g_idx, :, p_idx, c_idx] = src[:, p_idx, c_idx].transpose(0, 1).to(act.dtype)
+            act[rows, 0, comp] = patch_value.to(act.dtype)
         return act
 
-    batch = resid.repeat(len(chunk), 1, 1)
+    resid = target_run.acts[f"blocks.{layer}.hook_resid_pre"][examples, pos:]
+    kv_cache = target_run.prefix_cache(model, layer, pos, examples)
     with model.hooks(fwd_hooks=[(hook_name(kind, layer), patch)]):
-        logits = model(batch, start_at_layer=layer, return_type="logits")
-    logits = logits.view(len(chunk), n, *logits.shape[1:])
-    return [torch.as_tensor(metric(logits[g])).detach().cpu() for g in range(len(chunk))]
+        return model(resid, start_at_layer=layer, past_kv_cache=kv_cache, return_type="logits")
 
 
 @torch.no_grad()

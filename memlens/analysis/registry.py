@@ -193,12 +193,17 @@ def parse_only(only: str | None) -> list[str]:
     return names
 
 
-def analyze_run(run_dir: str | Path, only: str | None = None, log: Callable[[str], None] = print) -> dict:
-    """Run the named analyses on a run directory; writes ``RUN/analysis/<name>.json`` each."""
+def analyze_run(run_dir: str | Path, only: str | None = None, log: Callable[[str], None] = print,
+                device: str = "auto") -> dict:
+    """Run the named analyses on a run directory; writes ``RUN/analysis/<name>.json`` each.
+
+    ``device``: where the model runs (``auto``: CUDA when present).
+    """
     from memlens.training.run import load_run
+    from memlens.training.trainer import resolve_device
 
     names = parse_only(only)
-    run = load_run(run_dir)
+    run = load_run(run_dir, device=resolve_device(device))
     out_dir = Path(run_dir) / ANALYSIS_DIR
     written = {}
     for name in names:

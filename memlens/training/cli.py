@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -30,8 +31,12 @@ def run_train_command(args: argparse.Namespace, overrides: dict) -> int:
     except (RunDirError, CheckpointError) as err:
         print(f"memlens train: error: {err}", file=sys.stderr)
         return 2
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 reports for the job
     print(f"run: {result.run_dir}")
     print("final: " + json.dumps({k: round(v, 4) for k, v in result.final_metrics.items()}))
     print("phases: " + json.dumps(result.phases))
-    print(f"wall time: {result.wall_seconds:.1f} s ({result.steps_per_second:.1f} steps/s)")
+    share = result.eval_seconds / max(result.wall_seconds, 1e-9)
+    print(f"wall time: {result.wall_seconds:.1f} s ({result.steps_per_second:.1f} steps/s; "
+          f"evaluation {result.eval_seconds:.1f} s = {share:.1%})")
     return 0

@@ -16,6 +16,7 @@ from memlens.presets import get_preset
 from memlens.tasks import TASKS, task_config
 
 SCHEDULES = ("constant", "cosine", "linear")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,14 @@ class TrainConfig:
     eval_batch_size: int = 4_096
     checkpoint_log_points: int = 8
     resume_every: int = 250
+    # "bf16": the training forward pass runs under bfloat16 autocast (weights, optimizer state
+    # and evaluation stay float32); see docs/decisions.md.
+    precision: str = "fp32"
+    # Compile the training step with torch.compile (analyses always run the eager, hooked model).
+    compile: bool = False
+    # Train through memlens.training.fast_forward (the same function and parameters as the
+    # HookedTransformer, fused, without hooks); false trains through the HookedTransformer.
+    fast_forward: bool = True
 
     def __post_init__(self) -> None:
         require_int(self.steps, "steps", 1)
@@ -66,6 +75,9 @@ class TrainConfig:
         require_int(self.eval_batch_size, "eval_batch_size", 1)
         require_int(self.checkpoint_log_points, "checkpoint_log_points", 0)
         require_int(self.resume_every, "resume_every", 1)
+        require_choice(self.precision, "precision", PRECISIONS)
+        require(isinstance(self.compile, bool), "compile", self.compile, "true or false")
+        require(isinstance(self.fast_forward, bool), "fast_forward", self.fast_forward, "true or false")
 
     def lr_at(self, step: int) -> float:
         """Learning rate for the update that ends at ``step + 1`` (0-based update index)."""
@@ -128,18 +140,41 @@ class RunConfig:
         from memlens.config import from_dict
 
         try:
+            # A field missing from a stored config means the behaviour from before it existed.
+            train = {**_LEGACY_TRAIN_DEFAULTS, **data["train"]}
             return cls(
                 task=data["task"], preset=data["preset"], seed=data["seed"],
                 task_config=dict(data["task_config"]),
                 model=from_dict(ModelConfig, data["model"]),
-                train=from_dict(TrainConfig, data["train"]),
+                train=from_dict(TrainConfig, train),
             )
         except KeyError as err:
             raise ConfigError(f"run config is missing the field {err}") from None
 
+    def experiment_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the fields that say how to compute, not what to compute
+        (``train.compile``, ``train.fast_forward``), and without later-added fields that hold
+        their old-behaviour value. Two runs with equal experiment dicts are the same experiment.
+        """
+        data = self.to_dict()
+        for name in IMPLEMENTATION_FIELDS:
+            data["train"].pop(name, None)
+        for name, legacy in _LEGACY_TRAIN_DEFAULTS.items():
+            if data["train"].get(name) == legacy:
+                del data["train"][name]
+        return data
+
     def fingerprint(self) -> str:
-        """A short hash of the configuration; checkpoints carry it to detect mismatches."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """A short hash of :meth:`experiment_dict`; checkpoints carry it to detect mismatches
+        (runs written before a field existed keep their fingerprint)."""
+        return hashlib.sha256(json.dumps(self.experiment_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Training fields added after runs were first written, with the value that means "as before".
+_LEGACY_TRAIN_DEFAULTS = {"precision": "fp32", "compile": False, "fast_forward": False}
+# Training fields that change how a step is computed, not the experiment (floating-point
+# rounding aside): a run may be resumed with other values.
+IMPLEMENTATION_FIELDS = ("compile", "fast_forward")
 
 
 def make_run_config(task: str, preset: str = "small", seed: int = 0,

@@ -71,9 +71,13 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> bool:
         stored = json.loads(config_file.read_text())["run"]
     except (json.JSONDecodeError, KeyError) as err:
         raise RunDirError(f"{config_file} is corrupted ({err}); choose another --out") from None
-    new = config.to_dict()
-    if stored != new:
-        diffs = _diff(stored, new)
+    try:
+        stored_experiment = RunConfig.from_dict(stored).experiment_dict()
+    except ConfigError as err:
+        raise RunDirError(f"{config_file} holds an invalid run config ({err}); choose another --out") from None
+    new = config.experiment_dict()
+    if stored_experiment != new:
+        diffs = _diff(stored_experiment, new)
         raise RunDirError(f"{run_dir} holds a different run (differs in {', '.join(diffs)}); "
                           "choose another --out")
     if not resume:

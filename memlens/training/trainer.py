@@ -7,6 +7,7 @@ one would, and no sampler state has to be saved.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -21,9 +22,11 @@ from tqdm.auto import tqdm
 from memlens.io import atomic_write_json
 from memlens.models import build_model
 from memlens.tasks import Dataset, Examples, task_from_config
+from memlens.training import distributed
 from memlens.training import run as rundir
 from memlens.training.checkpoint import load_resume_state, save_resume_state, save_weights
 from memlens.training.config import RunConfig
+from memlens.training.fast_forward import FastForward, supports
 from memlens.training.metrics import answer_logits, answer_loss, evaluate, phase_summary
 
 
@@ -91,6 +94,7 @@ class TrainResult:
     phases: dict
     wall_seconds: float
     steps_per_second: float
+    eval_seconds: float = 0.0
 
 
 def train(config: RunConfig, out_dir: str | Path, device: str = "auto", resume: bool = False,
@@ -109,31 +113,47 @@ def train(config: RunConfig, out_dir: str | Path, device: str = "auto", resume: 
     ['noisy_memorized_acc', 'noisy_memorized_loss']
     """
     run_dir = Path(out_dir)
-    continuing = rundir.prepare_run_dir(run_dir, config, resume)
     device = resolve_device(device)
+    ctx = distributed.setup(device)
     deterministic = torch.are_deterministic_algorithms_enabled()
-    if device == "cpu":
-        # CPU embedding backward accumulates in a thread-dependent order unless told otherwise;
-        # deterministic kernels make a resumed run bit-identical to an uninterrupted one.
-        torch.use_deterministic_algorithms(True)
     try:
-        return _train(config, run_dir, device, continuing, progress, callback)
+        distributed.check_batch_size(config.train.batch_size, ctx)
+        # Rank 0 alone creates or checks the run directory; the others wait until it has.
+        outcome = None
+        if ctx.is_main:
+            try:
+                outcome = rundir.prepare_run_dir(run_dir, config, resume)
+            except Exception as err:  # every rank must learn of it, or the others would hang
+                outcome = err
+        continuing = ctx.from_main(outcome)
+        if isinstance(continuing, Exception):
+            raise continuing
+        if device == "cpu":
+            # CPU embedding backward accumulates in a thread-dependent order unless told
+            # otherwise; deterministic kernels make a resumed run bit-identical to an
+            # uninterrupted one.
+            torch.use_deterministic_algorithms(True)
+        return _train(config, run_dir, device, continuing, progress and ctx.is_main, callback, ctx)
     finally:
         torch.use_deterministic_algorithms(deterministic)
+        distributed.teardown(ctx)
 
 
 def _train(config: RunConfig, run_dir: Path, device: str, continuing: bool, progress: bool,
-           callback: Callable[[int, dict | None], None] | None) -> TrainResult:
+           callback: Callable[[int, dict | None], None] | None,
+           ctx: distributed.DistContext) -> TrainResult:
     if continuing and (run_dir / rundir.FINAL).exists():
         summary = json.loads((run_dir / rundir.SUMMARY).read_text())
         return TrainResult(run_dir, summary["final_metrics"], summary["phases"],
-                           summary["wall_seconds"], summary["steps_per_second"])
+                           summary["wall_seconds"], summary["steps_per_second"],
+                           summary.get("eval_seconds", 0.0))
 
     task = task_from_config(config.task, config.task_config)
     dataset = task.generate(config.seed)
     fingerprint = config.fingerprint()
     if not continuing:
-        rundir.write_run_header(run_dir, config, dataset, task.tokenizer, device)
+        if ctx.is_main:
+            rundir.write_run_header(run_dir, config, dataset, task.tokenizer, device)
     else:
         header = json.loads((run_dir / rundir.CONFIG).read_text())
         if header.get("dataset_hash") != dataset.content_hash:
@@ -141,12 +161,19 @@ def _train(config: RunConfig, run_dir: Path, device: str, continuing: bool, prog
 
     model = build_model(config.model, task, seed=config.seed, device=device)
     tcfg = config.train
+    # The training step calls ``net``; evaluation, checkpoints and analyses use the
+    # HookedTransformer ``model``, whose parameters ``net`` shares.
+    fast = tcfg.fast_forward and supports(model)
+    eval_net = FastForward(model) if fast else model  # evaluation needs no hooks either
+    net = distributed.wrap(eval_net, ctx, device)
+    if tcfg.compile:
+        net = torch.compile(net)
     optimizer = make_optimizer(model, tcfg)
     start_step, rows = 0, []
     resume_file = run_dir / rundir.CHECKPOINTS / rundir.RESUME
     if continuing and resume_file.exists():
         start_step = load_resume_state(resume_file, model, optimizer, fingerprint)
-        rows = [r for r in rundir.read_metrics(run_dir) if r["step"] <= start_step]
+        rows = [r for r in rundir.read_metrics(run_dir) if r["step"] <= start_step] if ctx.is_main else []
     wall_offset = rows[-1]["wall_s"] if rows else 0.0
 
     train_set = dataset.train.to(device)
@@ -155,26 +182,36 @@ def _train(config: RunConfig, run_dir: Path, device: str, continuing: bool, prog
     eval_steps = set(tcfg.eval_steps())
     checkpoint_steps = set(tcfg.checkpoint_steps())
     answer_pos = train_set.answer_pos
+    autocast = _autocast(tcfg.precision, device)
+    eval_seconds = 0.0
 
     def log_eval(step: int) -> dict:
-        row = {"step": step, **evaluate(model, splits, tcfg.eval_batch_size),
-               "lr": tcfg.lr_at(max(step - 1, 0)), "wall_s": round(wall_offset + time.perf_counter() - t0, 3)}
+        nonlocal eval_seconds
+        if device == "cuda":
+            torch.cuda.synchronize()  # charge queued training kernels to training, not evaluation
+        start = time.perf_counter()
+        row = {"step": step, **evaluate(eval_net, splits, tcfg.eval_batch_size),
+               "lr": tcfg.lr_at(max(step - 1, 0)), "wall_s": round(wall_offset + start - t0, 3)}
         rows.append(row)
         rundir.write_metrics(run_dir, rows)
+        eval_seconds += time.perf_counter() - start
         return row
 
     t0 = time.perf_counter()
     if start_step == 0:
         rows = []
-        log_eval(0)
+        if ctx.is_main:
+            log_eval(0)
     bar = tqdm(total=tcfg.steps, initial=start_step, disable=not progress, desc=f"{config.task} s{config.seed}",
                dynamic_ncols=True)
     model.train()
     for step in range(start_step, tcfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = tcfg.lr_at(step)
-        idx = sampler.indices(step).to(device)
-        loss = answer_loss(answer_logits(model, train_set.tokens[idx], answer_pos), train_set.labels[idx])
+        idx = distributed.shard(sampler.indices(step), ctx).to(device)
+        with autocast:
+            logits = answer_logits(net, train_set.tokens[idx], answer_pos)
+        loss = answer_loss(logits, train_set.labels[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if tcfg.grad_clip > 0:
@@ -182,6 +219,8 @@ def _train(config: RunConfig, run_dir: Path, device: str, continuing: bool, prog
         optimizer.step()
         done = step + 1
         bar.update(1)
+        if not ctx.is_main:
+            continue  # rank 0 alone evaluates and writes
         if done in eval_steps:
             row = log_eval(done)
             bar.set_postfix(loss=f"{loss.item():.3f}", test=f"{row['test_acc']:.3f}",
@@ -194,6 +233,8 @@ def _train(config: RunConfig, run_dir: Path, device: str, continuing: bool, prog
         if callback is not None:
             callback(done, rows[-1] if rows[-1]["step"] == done else None)
     bar.close()
+    if not ctx.is_main:
+        return TrainResult(run_dir, {}, {}, time.perf_counter() - t0, 0.0)
 
     wall = wall_offset + time.perf_counter() - t0
     trained_steps = tcfg.steps - start_step
@@ -203,7 +244,14 @@ def _train(config: RunConfig, run_dir: Path, device: str, continuing: bool, prog
     save_weights(run_dir / rundir.FINAL, model, tcfg.steps, fingerprint)
     atomic_write_json(run_dir / rundir.SUMMARY, {
         "final_metrics": final, "phases": phases, "wall_seconds": round(wall, 2),
-        "steps_per_second": round(steps_per_second, 2), "device": device,
-        "torch_threads": torch.get_num_threads(),
+        "steps_per_second": round(steps_per_second, 2), "eval_seconds": round(eval_seconds, 2),
+        "device": device, "precision": tcfg.precision, "torch_threads": torch.get_num_threads(),
     })
-    return TrainResult(run_dir, final, phases, wall, steps_per_second)
+    return TrainResult(run_dir, final, phases, wall, steps_per_second, eval_seconds)
+
+
+def _autocast(precision: str, device: str):
+    """The context the training forward pass runs in: bf16 autocast, or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,3 +1,5 @@
+from functools import partial
+
 import pytest
 import torch
 from transformer_lens import patching as tl_patching
@@ -38,8 +40,15 @@ def test_identical_source_changes_nothing(pair):
     torch.testing.assert_close(out, base.expand_as(out), atol=1e-6, rtol=0)
 
 
+resid_post_tl = partial(tl_patching.generic_activation_patch,
+                        patch_setter=tl_patching.layer_pos_patch_setter,
+                        activation_name="resid_post", index_axis_names=("layer", "pos"))
+
+
 @pytest.mark.parametrize("kind,tl_fn", [
     ("resid_pre", tl_patching.get_act_patch_resid_pre),
+    ("resid_mid", tl_patching.get_act_patch_resid_mid),
+    ("resid_post", resid_post_tl),
     ("mlp_out", tl_patching.get_act_patch_mlp_out),
     ("attn_out", tl_patching.get_act_patch_attn_out),
     ("z", tl_patching.get_act_patch_attn_head_out_by_pos),
@@ -52,6 +61,58 @@ def test_equals_transformer_lens(pair, kind, tl_fn):
     got = patch_grid(model, clean.tokens, corrupted.tokens, metric, hook=kind, chunk_size=64)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want.cpu(), atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def near_pair(fda_tiny):
+    """Corrupted inputs that differ from the clean ones in one digit, for half the examples
+    only: most (layer, position) points then have equal activations in many examples."""
+    task, model, data = fda_tiny
+    clean = data.test[:16]
+    corrupted = clean.tokens.clone()
+    digit_pos = task.layout.operand_digit_pos(1, 0)
+    digits = [task.tokenizer.token_to_id(str(d)) for d in range(10)]
+    corrupted[::2, digit_pos] = torch.tensor(digits)[(torch.arange(8) + 3) % 10]
+    assert (corrupted != clean.tokens).any(1).sum() >= 6
+    return model, clean, corrupted
+
+
+@pytest.mark.parametrize("kind,tl_fn", [
+    ("resid_pre", tl_patching.get_act_patch_resid_pre),
+    ("attn_out", tl_patching.get_act_patch_attn_out),
+    ("z", tl_patching.get_act_patch_attn_head_out_by_pos),
+])
+def test_equals_transformer_lens_when_most_activations_are_equal(near_pair, kind, tl_fn):
+    model, clean, corrupted = near_pair
+    metric = metric_factory(clean)
+    _, cache = model.run_with_cache(clean.tokens)
+    want = tl_fn(model, corrupted, cache, metric)
+    got = patch_grid(model, clean.tokens, corrupted, metric, hook=kind, chunk_size=8)
+    torch.testing.assert_close(got, want.cpu(), atol=1e-5, rtol=0)
+    # Positions before the changed digit cannot move at layer 0: exactly the unpatched value.
+    with torch.no_grad():
+        base = metric(model(corrupted))
+    assert torch.equal(got[0, 0].reshape(-1)[0], base)
+
+
+def test_neurons_equal_one_hook_per_grid_point(near_pair):
+    model, clean, corrupted = near_pair
+    metric = metric_factory(clean)
+    _, cache = model.run_with_cache(clean.tokens)
+    got = patch_grid(model, clean.tokens, corrupted, metric, hook="mlp_post", layers=[0, 1],
+                     positions=[3, 8], components=[1, 6], chunk_size=5)
+    for li, layer in enumerate([0, 1]):
+        for pi, pos in enumerate([3, 8]):
+            for ci, neuron in enumerate([1, 6]):
+                name = f"blocks.{layer}.mlp.hook_post"
+
+                def patch(act, hook):
+                    act[:, pos, neuron] = cache[name][:, pos, neuron]
+                    return act
+
+                with torch.no_grad():
+                    want = metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, patch)]))
+                torch.testing.assert_close(got[li, pi, ci], want, atol=1e-5, rtol=0)
 
 
 def test_neuron_grid_shape_and_chunking_agree(pair):

@@ -1,0 +1,32 @@
+"""Shared set-up of the experiment scripts: which runs to read and where figures go.
+
+Runs come from the command line (``python experiments/X.py RUN_DIR ...``) or from
+``MEMLENS_RUNS`` (comma-separated), else the small-preset reproduction's default directory.
+Figures are written as self-contained HTML to ``MEMLENS_FIGURES`` (default experiments/figures).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_RUNS = [f"runs/reproduce-small/{t}-small-s{s}" for t in ("fda", "thr") for s in range(3)]
+
+
+def run_dirs() -> list[Path]:
+    args = [a for a in sys.argv[1:] if not a.startswith("-")]
+    if not args and os.environ.get("MEMLENS_RUNS"):
+        args = os.environ["MEMLENS_RUNS"].split(",")
+    dirs = [Path(a) for a in (args or DEFAULT_RUNS)]
+    missing = [str(d) for d in dirs if not (d / "config.json").exists()]
+    if missing:
+        sys.exit(f"not memlens run directories: {', '.join(missing)} "
+                 "(run `memlens reproduce` or pass RUN_DIR arguments)")
+    return dirs
+
+
+def figure_dir() -> Path:
+    out = Path(os.environ.get("MEMLENS_FIGURES", Path(__file__).resolve().parent / "figures"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out

@@ -1,0 +1,28 @@
+# %% [markdown]
+# # Claim 5: memorization is distributed, not a lookup
+#
+# How much resampling each input lowers the recall of the label, and how concentrated that is
+# (largest share; normalized entropy: 1 = spread evenly, 0 = one input decides, as in the
+# constructed lookup reference), for noisy against clean examples.
+#
+#     python experiments/claim5_encoding.py [RUN_DIR ...]
+
+# %%
+import pandas as pd
+
+from _common import figure_dir, run_dirs
+from memlens.analysis.registry import load_analysis
+from memlens.viz import figures
+
+rows = []
+for run_dir in run_dirs():
+    data = load_analysis(run_dir, "encoding")
+    figures.save(figures.encoding(data, title=f"Encoding, {run_dir.name}"),
+                 figure_dir() / f"encoding-{run_dir.name}", png=False)
+    s = data["summary"]
+    for group in ("clean", "noisy"):
+        if group in s:
+            rows.append({"run": run_dir.name, "group": group, "entropy": s[group]["mean_entropy"],
+                         "largest_share": s[group]["mean_largest_share"], "n": s[group]["n"]})
+    rows.append({"run": run_dir.name, "group": "lookup reference", **s["lookup_reference"]})
+print(pd.DataFrame(rows).round(3).to_string(index=False))

@@ -1,0 +1,1 @@
+"""Figures (plotly), attention views (circuitsvis) and the HTML report; all work offline."""

@@ -1,0 +1,72 @@
+"""Attention-pattern views with circuitsvis that work offline.
+
+``str()`` of a circuitsvis object loads its JavaScript from a CDN, which draws nothing without a
+network; its ``local_src`` inlines the 1.3 MB bundle. A page with several views carries the
+bundle once: the first view's script publishes ``CircuitsVis`` on ``window`` and the others only
+call ``render``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import torch
+
+from memlens.analysis.common import model_device
+from memlens.tasks.base import Examples
+
+
+def _bundle() -> str:
+    """The circuitsvis JavaScript bundle, cut out of a rendered view's ``local_src``."""
+    import circuitsvis as cv
+
+    src = cv.attention.attention_patterns(tokens=["a", "b"], attention=torch.ones(1, 2, 2)).local_src
+    start = src.index('type="module">') + len('type="module">')
+    end = src.rindex("CircuitsVis.render(")
+    return src[start:end]
+
+
+def attention_views_html(views: list[tuple[str, list[str], torch.Tensor]]) -> str:
+    """HTML for several attention views, ``(title, tokens, attention (heads, pos, pos))`` each,
+    with the circuitsvis bundle inlined once.
+
+    >>> views = [(t, ["a", "b"], torch.ones(2, 2, 2) / 2) for t in ("clean", "noisy")]
+    >>> html = attention_views_html(views)
+    >>> html.count("CircuitsVis.render("), html.count("unpkg.com")
+    (2, 0)
+    """
+    parts = ['<script type="module">' + _bundle() + "\nwindow.CircuitsVis = CircuitsVis;\n</script>"]
+    for title, tokens, attention in views:
+        div = f"circuits-vis-{uuid.uuid4().hex[:12]}"
+        props = json.dumps({"tokens": tokens, "attention": attention.float().tolist()})
+        parts.append(
+            f'<div class="attention-view"><h4>{title}</h4><div id="{div}"></div></div>'
+            f'<script type="module">window.CircuitsVis.render("{div}", '
+            f"window.CircuitsVis.AttentionPatterns, {props});</script>")
+    return "\n".join(parts)
+
+
+@torch.no_grad()
+def attention_of(model, examples: Examples, index: int, layer: int) -> tuple[list[str], torch.Tensor]:
+    """Token strings and the attention pattern (heads, pos, pos) of one example at ``layer``."""
+    tokens = examples.tokens[index: index + 1].to(model_device(model))
+    name = f"blocks.{layer}.attn.hook_pattern"
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == name, return_type=None)
+    strings = model.to_str_tokens(tokens[0])
+    return [f"{s}" for s in strings], cache[name][0].cpu()
+
+
+def clean_and_noisy_views(model, splits: dict[str, Examples], layers: list[int] | None = None
+                          ) -> list[tuple[str, list[str], torch.Tensor]]:
+    """A clean and a noisy training example side by side, at each of ``layers`` (default all)."""
+    layers = list(range(model.cfg.n_layers)) if layers is None else layers
+    views = []
+    for group in ("train_clean", "train_noisy"):
+        examples = splits.get(group)
+        if examples is None or len(examples) == 0:
+            continue
+        for layer in layers:
+            tokens, pattern = attention_of(model, examples, 0, layer)
+            views.append((f"{group.replace('train_', '')} example 0, layer {layer}", tokens, pattern))
+    return views

@@ -1,0 +1,176 @@
+"""``memlens report``: one self-contained HTML page for one or more run directories.
+
+The page opens offline from a ``file://`` URL: plotly.js and the circuitsvis bundle are inlined
+once each. At the top, the claims scorecard computed from the runs given; then, per run, the
+training dynamics, every analysis result found (each with a caption that says what to look
+for), the attention of a clean and a noisy example, and for the analyses that are missing or
+unreadable, the command that produces them.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from memlens.analysis.common import AnalysisError
+from memlens.analysis.registry import ANALYSES, load_analysis
+from memlens.io import atomic_write_text
+from memlens.training.run import CONFIG, SUMMARY, RunDirError, read_metrics
+
+CAPTIONS = {
+    "dynamics": "Look for test accuracy rising to its plateau before the noisy memorized accuracy "
+                "climbs (generalize first, memorize later), while the noisy examples' true-label "
+                "accuracy first rises with test accuracy, then falls as the noise is memorized.",
+    "logit_lens": "Where in depth the answer becomes readable: the noisy examples' true label is "
+                  "often decodable in middle layers before the final layers switch to the memorized "
+                  "noisy label: the reasoning still runs on memorized examples.",
+    "probes": "Intermediate results (column sums, carries; the bridge entity) decoded linearly. "
+              "Similar accuracy on noisy and held-out clean examples means memorized examples still "
+              "compute the intermediates.",
+    "patching": "Patching the activation that carries an intermediate from a counterfactual input. "
+                "Bright cells in the clean panel show where the intermediate lives; bright cells in "
+                "the noisy panel at the same sites show that recall of the memorized label depends "
+                "on that reasoning step.",
+    "interventions": "Noisy recall, clean training and test accuracy before and after removing the "
+                     "intermediate (mean ablation, INLP projection) beside a random subspace of the "
+                     "same rank: a larger drop under INLP than under the control means memorization "
+                     "uses the intermediate.",
+    "encoding": "How much each input's resampling lowers the label's log-probability. A lookup "
+                "would hang on one input (normalized entropy 0); spread-out bars on noisy examples "
+                "mean the memorized label is encoded across many inputs.",
+    "attention": "Attention patterns of one clean and one noisy training example per layer (hover "
+                 "a head to see where each position attends).",
+}
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; }
+.caption { color: #555; font-size: 0.92em; margin: 0.2em 0 1.5em 0; max-width: 900px; }
+table { border-collapse: collapse; font-size: 0.85em; } td, th { padding: 3px 8px; border-bottom: 1px solid #eee; }
+.holds { color: #116611; font-weight: bold; } .does-not-hold { color: #aa1111; font-weight: bold; }
+.not-measured { color: #886600; font-weight: bold; }
+.missing { background: #fff6e0; padding: 0.6em 1em; border-left: 4px solid #e0a000; }
+.views { display: flex; flex-wrap: wrap; gap: 1em; } .attention-view { flex: 1 1 45%; min-width: 380px; }
+"""
+
+
+def check_run_dirs(run_dirs: list[str | Path]) -> list[Path]:
+    """Every path must be a memlens run directory; checked before anything is written."""
+    dirs = [Path(d) for d in run_dirs]
+    if not dirs:
+        raise RunDirError("no run directory given")
+    bad = [str(d) for d in dirs if not (d / CONFIG).exists()]
+    if bad:
+        raise RunDirError(f"not memlens run directories (no {CONFIG}): {', '.join(bad)}")
+    return dirs
+
+
+class _Figures:
+    """Collects plotly figures as HTML divs; plotly.js goes into the first one only."""
+
+    def __init__(self):
+        self.first = True
+
+    def div(self, fig) -> str:
+        out = fig.to_html(full_html=False, include_plotlyjs=self.first, default_width="100%")
+        self.first = False
+        return out
+
+
+def _claims_html(rows: list[dict]) -> str:
+    head = "<tr>" + "".join(f"<th>{h}</th>" for h in (
+        "claim", "task", "statistic", "per seed", "mean", "95% CI", "threshold", "verdict")) + "</tr>"
+    body = []
+    for r in rows:
+        per = ", ".join(f"{v:.3f}" for v in r["per_seed"]) or "n/a"
+        mean = "n/a" if r["mean"] is None else f"{r['mean']:.3f}"
+        ci = "n/a" if not r["ci95"] else f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"
+        cls = r["verdict"].replace(" ", "-")
+        body.append(f"<tr><td>{r['claim']}</td><td>{r['task']}</td><td>{html.escape(r['statistic'])}</td>"
+                    f"<td>{per}</td><td>{mean}</td><td>{ci}</td><td>{r['threshold']}</td>"
+                    f'<td class="{cls}" title="{html.escape(r["why"])}">{r["verdict"]}</td></tr>')
+    return f'<table class="claims">{head}{"".join(body)}</table>'
+
+
+def _run_section(run_dir: Path, figures: _Figures, attention: bool) -> str:
+    from memlens.viz import figures as figs
+
+    config = json.loads((run_dir / CONFIG).read_text())["run"]
+    summary_path = run_dir / SUMMARY
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    parts = [f"<h2>{html.escape(run_dir.name)}</h2>",
+             f"<p>{config['task'].upper()} {config['preset']} preset, seed {config['seed']}; "
+             f"{config['model']['n_layers']} layers, d_model {config['model']['d_model']}; "
+             f"{config['train']['steps']} steps. Final: "
+             + html.escape(", ".join(f"{k} {v:.3f}" for k, v in summary.get("final_metrics", {}).items()
+                                     if k.endswith("_acc")) or "not finished") + "</p>"]
+    metrics = pd.DataFrame(read_metrics(run_dir))
+    if not metrics.empty:
+        parts += [figures.div(figs.dynamics(metrics, summary.get("phases"))),
+                  f'<p class="caption">{CAPTIONS["dynamics"]}</p>']
+    missing = []
+    for name in ANALYSES:
+        try:
+            data = load_analysis(run_dir, name)
+        except AnalysisError as err:
+            missing.append(str(err))
+            continue
+        parts.append(f"<h3>{name.replace('_', ' ')}</h3>")
+        if name == "interventions":
+            parts.append(figs.table_html(data, ["item", "intervention", "rank", "noisy_memorized_acc",
+                                                "noisy_true_acc", "train_clean_acc", "test_acc"]))
+        else:
+            parts.append(figures.div(getattr(figs, name)(data)))
+        parts.append(f'<p class="caption">{CAPTIONS[name]} ({data.get("seconds", "?")} s to compute)</p>')
+    if missing:
+        items = "".join(f"<li>{html.escape(m)}</li>" for m in missing)
+        parts.append(f'<div class="missing"><b>Missing analyses</b><ul>{items}</ul></div>')
+    if attention and summary:
+        parts.append(_attention_section(run_dir))
+    return "\n".join(parts)
+
+
+def _attention_section(run_dir: Path) -> str:
+    from memlens.training.run import load_run
+    from memlens.viz.attention import attention_views_html, clean_and_noisy_views
+
+    run = load_run(run_dir)
+    views = clean_and_noisy_views(run.model, run.splits)
+    return (f"<h3>attention</h3><div class=\"views\">{attention_views_html(views)}</div>"
+            f'<p class="caption">{CAPTIONS["attention"]}</p>')
+
+
+def write_report(run_dirs: list[str | Path], out: str | Path = "report.html",
+                 claims: list[dict] | None = None, attention: bool = True,
+                 log: Callable[[str], None] = lambda _: None) -> Path:
+    """Write the report for ``run_dirs`` to ``out`` (atomically); returns its path.
+
+    ``claims`` defaults to the scorecard of the runs given (grouped by task, one seed each).
+    ``attention=False`` leaves out the attention views (which load each model).
+    """
+    dirs = check_run_dirs(run_dirs)
+    if claims is None:
+        from memlens.reproduce import score_run_dirs
+
+        claims = score_run_dirs(dirs)
+    figures = _Figures()
+    sections = []
+    for run_dir in dirs:
+        log(f"report: {run_dir}")
+        sections.append(_run_section(run_dir, figures, attention))
+    page = "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<title>memlens report</title>", f"<style>{STYLE}</style></head><body>",
+        "<h1>memlens report</h1>",
+        f"<p>{len(dirs)} run(s): {html.escape(', '.join(d.name for d in dirs))}. Claims are "
+        "numbered as in the paper (Du et al. 2025, arXiv 2507.04782); thresholds in docs/claims.md.</p>",
+        "<h2>Claims</h2>", _claims_html(claims),
+        *sections, "</body></html>",
+    ])
+    out = Path(out)
+    atomic_write_text(out, page)
+    return out

@@ -1,0 +1,78 @@
+"""memlens reproduce: plan checks before any work, reuse of finished runs, resume of unfinished."""
+
+import json
+
+import pytest
+
+from memlens.config import ConfigError
+from memlens.reproduce import plan, reproduce, run_state
+from memlens.training import make_run_config, train
+from memlens.training.run import RunDirError
+
+QUICK = ["train.steps=40"]
+VERDICTS = {"holds", "does not hold", "not measured"}
+
+
+def test_plan_refuses_bad_input_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match="preset='huge'"):
+        plan("huge", 1, tmp_path)
+    with pytest.raises(ConfigError, match="seeds=0"):
+        plan("tiny", 0, tmp_path)
+    with pytest.raises(ConfigError, match="tasks=.*'abc'"):
+        plan("tiny", 1, tmp_path, tasks=("abc",))
+    (tmp_path / "fda-tiny-s0").mkdir()
+    (tmp_path / "fda-tiny-s0" / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="not a memlens run directory"):
+        plan("tiny", 1, tmp_path, tasks=("fda",))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fda-tiny-s0"]
+
+
+def test_a_finished_run_of_another_config_is_left_untouched(tmp_path):
+    other = make_run_config("fda", "tiny", 0, {"train.steps": 20, "task.noise_rate": 0.2})
+    train(other, tmp_path / "fda-tiny-s0", progress=False)
+    before = (tmp_path / "fda-tiny-s0" / "final.safetensors").stat().st_mtime_ns
+    with pytest.raises(RunDirError, match="holds a different run"):
+        reproduce("tiny", 1, tmp_path, tasks=("fda",), sets=QUICK, log=lambda _: None)
+    assert (tmp_path / "fda-tiny-s0" / "final.safetensors").stat().st_mtime_ns == before
+    assert not (tmp_path / "claims.json").exists()
+
+
+def test_reproduce_tiny_end_to_end_then_reuses_and_resumes(tmp_path):
+    # An interrupted run of seed 1: reproduce must resume it, not start over.
+    cfg = make_run_config("fda", "tiny", 1, {"train.steps": 40})
+
+    def stop(step, row):
+        if step == 20:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "fda-tiny-s1", progress=False, callback=stop)
+    assert run_state(tmp_path / "fda-tiny-s1") == "unfinished"
+
+    result = reproduce("tiny", 2, tmp_path, jobs=2, tasks=("fda",), sets=QUICK, log=lambda _: None)
+    states = {r["job"]: r["state_before"] for r in result["runs"]}
+    assert states == {"fda-tiny-s0": "new", "fda-tiny-s1": "unfinished"}
+    assert all(r["ok"] for r in result["runs"])
+    logged = (tmp_path / "logs" / "fda-tiny-s1.log").read_text()  # commands are logged
+    assert "train fda --preset tiny --seed 1" in logged and "--resume" in logged
+    assert "--resume" not in (tmp_path / "logs" / "fda-tiny-s0.log").read_text()
+    for seed in (0, 1):
+        assert run_state(tmp_path / f"fda-tiny-s{seed}") == "finished"
+        assert len(list((tmp_path / f"fda-tiny-s{seed}" / "analysis").glob("*.json"))) == 5
+
+    rows = json.loads((tmp_path / "claims.json").read_text())
+    assert [r["claim"] for r in rows] == [1, 2, 3, 4, 5, 6, 7]
+    for r in rows:
+        assert set(r) == {"claim", "task", "statistic", "per_seed", "mean", "ci95", "threshold",
+                          "verdict", "why"}
+        assert r["verdict"] in VERDICTS and r["task"] == "fda"
+    assert rows[5]["verdict"] == "not measured"  # neurons are not built: never faked
+    assert "| claim | task |" in (tmp_path / "claims.md").read_text()
+    assert (tmp_path / "report.html").stat().st_size > 100_000
+
+    final = tmp_path / "fda-tiny-s0" / "final.safetensors"
+    before = final.stat().st_mtime_ns
+    again = reproduce("tiny", 2, tmp_path, tasks=("fda",), sets=QUICK, log=lambda _: None)
+    assert {r["state_before"] for r in again["runs"]} == {"finished"}
+    assert all(r["steps"] == [] for r in again["runs"])  # nothing trained or analyzed again
+    assert final.stat().st_mtime_ns == before

@@ -1,0 +1,51 @@
+"""FastForward computes the HookedTransformer's function from the same parameters."""
+
+import pytest
+import torch
+
+from memlens.models import ModelConfig, build_model
+from memlens.tasks import make_task
+from memlens.training.fast_forward import FastForward, supports
+
+
+@pytest.fixture(scope="module")
+def task_and_tokens():
+    task = make_task("fda", preset="tiny")
+    return task, task.generate(0).train.tokens[:64]
+
+
+@pytest.mark.parametrize("norm", ["LN", "LNPre", None])
+@pytest.mark.parametrize("act", ["relu", "gelu", "gelu_new", "silu"])
+def test_logits_equal_the_hooked_model(task_and_tokens, norm, act):
+    task, tokens = task_and_tokens
+    model = build_model(ModelConfig(n_layers=2, d_model=48, n_heads=3, act_fn=act,
+                                    normalization_type=norm), task, seed=1)
+    with torch.no_grad():  # random LayerNorm weights and biases, so that they are exercised
+        for name, p in model.named_parameters():
+            if name.endswith((".w", ".b", "b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U")):
+                p.copy_(torch.randn_like(p) * 0.3 + (1.0 if name.endswith(".w") else 0.0))
+    fast = FastForward(model)
+    torch.testing.assert_close(fast(tokens), model(tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_equal_the_hooked_model(task_and_tokens):
+    task, tokens = task_and_tokens
+    model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=4), task, seed=2)
+    fast = FastForward(model)
+    grads = []
+    for forward in (model, fast):
+        model.zero_grad()
+        forward(tokens)[:, -3:].log_softmax(-1)[..., 0].mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4, msg=name)
+    assert list(fast.parameters()) == list(model.parameters())  # shared, not copied
+
+
+def test_an_unsupported_configuration_is_refused(task_and_tokens):
+    task, _ = task_and_tokens
+    model = build_model(ModelConfig(n_layers=1, d_model=32, n_heads=2), task, seed=0)
+    model.cfg.positional_embedding_type = "rotary"
+    assert not supports(model)
+    with pytest.raises(ValueError, match="does not cover"):
+        FastForward(model)

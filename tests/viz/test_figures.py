@@ -1,0 +1,41 @@
+"""Figures from a run directory's files; saved as self-contained HTML and as PNG."""
+
+import re
+import shutil
+
+import pandas as pd
+import pytest
+
+from memlens.analysis.registry import load_analysis
+from memlens.training.run import read_metrics
+from memlens.viz import figures
+
+
+@pytest.mark.parametrize("name", ["logit_lens", "probes", "patching", "encoding"])
+def test_each_analysis_figure_has_data(tiny_run, name):
+    fig = getattr(figures, name)(load_analysis(tiny_run, name))
+    assert fig.data and all(len(getattr(t, "z", None) if getattr(t, "z", None) is not None else t.y) > 0
+                            for t in fig.data)
+
+
+def test_dynamics_marks_the_phases(tiny_run):
+    metrics = pd.DataFrame(read_metrics(tiny_run))
+    fig = figures.dynamics(metrics, {"step_test_acc_0.9": 30, "step_noisy_memorized_0.5": None})
+    assert [t.name for t in fig.data] == list(figures.CURVES.values())
+    assert len(fig.layout.shapes) == 1  # one phase was reached, one was not
+
+
+def test_save_writes_self_contained_html(tiny_run, tmp_path):
+    fig = figures.encoding(load_analysis(tiny_run, "encoding"))
+    (html,) = figures.save(fig, tmp_path / "enc", png=False)
+    text = html.read_text()
+    assert html.name == "enc.html" and len(text) > 1_000_000  # plotly.js inlined
+    assert not re.search(r'<script[^>]+src="http', text)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="kaleido needs Chromium (.ci/run installs it)")
+def test_save_writes_png(tiny_run, tmp_path):
+    fig = figures.logit_lens(load_analysis(tiny_run, "logit_lens"))
+    html, png = figures.save(fig, tmp_path / "lens")
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
