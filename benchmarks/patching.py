@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +22,9 @@ import torch
 from transformer_lens import patching as tl_patching
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TABLE_HEADER, command_line, compare, peak_memory_mb, report_peak_of, write_doc, write_json  # noqa: E402
+from common import (  # noqa: E402
+    TABLE_HEADER, command_line, compare, peak_memory_mb, report_peak_of, timed, write_doc, write_json,
+)
 
 from memlens import load_run, make_counterfactuals, patch_grid  # noqa: E402
 from memlens.analysis.registry import subset  # noqa: E402
@@ -32,13 +35,16 @@ def main() -> None:
     parser.add_argument("--fda-run", required=True)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--memory-probe", choices=("none", "memlens", "transformer_lens"), default=None,
-                        help=argparse.SUPPRESS)  # internal: one path in a fresh process
+    parser.add_argument("--scale-n", type=int, default=10_000,
+                        help="also time memlens alone on this many examples (training split)")
+    parser.add_argument("--memory-probe", choices=("none", "memlens", "transformer_lens", "scale"),
+                        default=None, help=argparse.SUPPRESS)  # internal: one path in a fresh process
     args = parser.parse_args()
     torch.set_num_threads(2)
     run = load_run(args.fda_run)
     model = run.model
-    pairs = make_counterfactuals(subset(run.splits["test"], 2 * args.n, 0), "column_sum", 1)
+    source_split = run.splits["test"] if args.memory_probe != "scale" else run.dataset.train
+    pairs = make_counterfactuals(subset(source_split, 2 * args.n, 0), "column_sum", 1)
     original, counter = pairs.original[: args.n], pairs.counterfactual[: args.n]
     answer_pos, labels = original.answer_pos, original.labels
 
@@ -52,6 +58,11 @@ def main() -> None:
         _, cache = model.run_with_cache(counter.tokens)
         return tl_patching.get_act_patch_resid_pre(model, original.tokens, cache, metric)
 
+    if args.memory_probe == "scale":  # memlens alone on many examples: time, then peak memory
+        seconds, _ = timed(ours)
+        print(f"SCALE {len(original)} {seconds:.3f}", flush=True)
+        report_peak_of(ours)
+        return
     if args.memory_probe is not None:
         report_peak_of({"none": lambda: None, "memlens": ours, "transformer_lens": theirs}[args.memory_probe])
         return
@@ -68,6 +79,13 @@ def main() -> None:
     mem_tl = peak_memory_mb(*probe, "transformer_lens")
     print(f"max |difference| {diff:.2e}; peak MiB added: memlens {mem_ours:.0f}, "
           f"transformer_lens {mem_tl:.0f} (an empty call: {mem_none:.0f})")
+    scale = subprocess.run([sys.executable, __file__, "--fda-run", args.fda_run, "--n", str(args.scale_n),
+                            "--memory-probe", "scale"], check=True, capture_output=True, text=True).stdout
+    scale_n, scale_s = next(line.split()[1:] for line in scale.splitlines() if line.startswith("SCALE "))
+    scale_mib = int(next(line.split()[1] for line in scale.splitlines() if line.startswith("PEAK_ADDED_KB"))) / 1024
+    scale_rate = int(scale_n) / float(scale_s)
+    print(f"memlens alone on {scale_n} examples: {float(scale_s):.2f} s ({scale_rate:,.0f} examples/s), "
+          f"peak MiB added {scale_mib:.0f}")
     ratio = statistics.median(comparison.ratios)
     text = "\n".join([
         "# Activation patching: memlens engine versus the transformer_lens.patching loop",
@@ -85,6 +103,9 @@ def main() -> None:
         f"Peak resident memory the call adds (sampled every 0.5 ms in a fresh process that has "
         f"loaded the run and built the pairs): memlens {mem_ours:.0f} MiB, transformer_lens loop "
         f"{mem_tl:.0f} MiB, an empty call {mem_none:.0f} MiB.",
+        f"At scale, memlens alone (the TL loop would hold a full cache of every example): "
+        f"{int(scale_n):,} examples from the training split, {float(scale_s):.2f} s "
+        f"({scale_rate:,.0f} examples/s over the {grid}-point sweep), peak memory added {scale_mib:.0f} MiB.",
         "",
         "Where the speed-up comes from (memlens/analysis/patching.py): a patch at (layer L, "
         "position p) can change nothing below L or before p, and nothing at all in an example "
@@ -100,6 +121,7 @@ def main() -> None:
               "headline": [{"benchmark": comparison.name, "figure": "speed-up vs transformer_lens.patching loop",
                             "value": round(ratio, 2), "goal": ">= 10"}],
               "max_abs_difference": diff, "peak_added_mib": {"memlens": mem_ours, "transformer_lens": mem_tl},
+              "scale": {"examples": int(scale_n), "seconds": float(scale_s), "peak_added_mib": scale_mib},
               "seconds": {"memlens": comparison.memlens_seconds, "baseline": comparison.baseline_seconds}}
     write_json("patching.json", record)
     print(write_doc("patching.md", text))

@@ -40,7 +40,8 @@ def commands(args) -> dict[str, list[str]]:
         "scaling": [py, str(BENCH / "scaling.py")],
     }
     if args.fda_run:
-        out["patching"] = [py, str(BENCH / "patching.py"), "--fda-run", args.fda_run]
+        out["patching"] = [py, str(BENCH / "patching.py"), "--fda-run", args.fda_run, "--repeats", "5"]
+        out["neurons"] = [py, str(BENCH / "neurons.py"), "--fda-run", args.fda_run]
         out["probes"] = [py, str(BENCH / "probes.py"), "--fda-run", args.fda_run] + (
             ["--thr-run", args.thr_run] if args.thr_run else [])
     return out
@@ -69,6 +70,40 @@ def training_section(record: dict, title: str) -> list[str]:
     lines += ["", "Evaluation share: one evaluation's measured cost times the number of evaluations "
               "at the preset's default cadence, over that plus the preset's steps at the measured "
               "seconds per step.", ""]
+    if record.get("note"):
+        lines += [f"Note: {record['note']}", ""]
+    return lines
+
+
+def growth_words(exponent: float) -> str:
+    if exponent < 0.2:
+        return "flat"
+    if exponent < 0.8:
+        return "sublinear (fixed costs still matter)"
+    if exponent < 1.2:
+        return "about linear"
+    if exponent < 1.8:
+        return "between linear and quadratic"
+    return "about quadratic or faster"
+
+
+def scaling_section(record: dict) -> list[str]:
+    lines = ["## Scaling: training and analyses against data, model and example counts", "",
+             f"Command: `{record['command']}`. Machine: {record['machine']}. FDA with 4-digit "
+             "operands, two-layer models with 4 heads; training per step excludes evaluation; "
+             "analyses on untrained models (time does not depend on the weights), best of 2. "
+             "Growth exponent: slope of log(seconds) on log(size).", "",
+             "| what | axis | sizes | seconds | growth exponent | growth |", "|---|---|---|---|---|---|"]
+    for r in record["rows"]:
+        secs = " / ".join(f"{t:.4f}" if t < 0.1 else f"{t:.2f}" for t in r["seconds"])
+        sizes = " / ".join(f"{s:,}" for s in r["sizes"])
+        lines.append(f"| {r['what']} | {r['axis']} | {sizes} | {secs} | {r['growth_exponent']:.2f} | "
+                     f"{growth_words(r['growth_exponent'])} |")
+    lines += ["", "Reading it: a training step does not depend on the dataset size (batches are "
+              "fixed; evaluation is capped per split); every analysis grows about linearly or "
+              "slower in the number of examples, and with d_model between linearly and "
+              "quadratically, as the matrix products (d_model^2 parameters) take over from "
+              "fixed per-call costs.", ""]
     return lines
 
 
@@ -113,7 +148,7 @@ def collect() -> Path:
              "every ratio compares memlens with its baseline alternated in one process run. "
              "Per-benchmark details are in docs/benchmarks/*.md.", ""]
     headline = ["| benchmark | figure | value | goal |", "|---|---|---|---|"]
-    for name in ("patching", "probes"):
+    for name in ("patching", "probes", "neurons"):
         record = load(name)
         for h in (record or {}).get("headline", []):
             headline.append(f"| {h['benchmark']} | {h['figure']} | {h['value']} | {h['goal'] or ''} |")
@@ -121,8 +156,9 @@ def collect() -> Path:
         record = load(f"training_{device}")
         for r in (record or {}).get("results", []):
             ratio = statistics.median(r["ratio_vs_plain"])
+            flag = " (before the fused forward; see the note below)" if record.get("note") else ""
             headline.append(f"| training {r['task']} {r['preset']} ({record['machine']}) | tokens/s memlens / "
-                            f"plain PyTorch | {ratio:.2f} | >= 0.9 |")
+                            f"plain PyTorch{flag} | {ratio:.2f} | >= 0.9 |")
             headline.append(f"| training {r['task']} {r['preset']} ({record['machine']}) | evaluation share "
                             f"at default cadence | {r['eval_share_at_default_cadence']:.1%} | <= 10% |")
     lines += ["## Headline figures", "", *headline, ""]
@@ -131,7 +167,9 @@ def collect() -> Path:
         if record:
             lines += training_section(record, title)
     lines += gpu_runs_section()
-    for name in ("patching", "probes", "scaling", "data_generation"):
+    if load("scaling"):
+        lines += scaling_section(load("scaling"))
+    for name in ("patching", "probes", "neurons", "data_generation"):
         md = DOCS / f"{name}.md"
         if md.exists():
             body = md.read_text().strip().splitlines()
@@ -146,7 +184,7 @@ def collect() -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--fda-run", default=None, help="trained FDA small run (patching, probes)")
+    parser.add_argument("--fda-run", default=None, help="trained FDA small run (patching, probes, neurons)")
     parser.add_argument("--thr-run", default=None, help="trained THR small run (probe memory)")
     parser.add_argument("--only", default=None, help="comma-separated benchmark names")
     parser.add_argument("--collect-only", action="store_true", help="only rewrite docs/benchmarks.md")
@@ -156,7 +194,7 @@ def main() -> None:
     unknown = [n for n in names if n not in available]
     if unknown:
         parser.error(f"unknown or unavailable benchmark(s) {unknown}; available: {sorted(available)}"
-                     " (patching and probes need --fda-run)")
+                     " (patching, probes and neurons need --fda-run)")
     for name in names:
         start = time.perf_counter()
         print(f"== {name}: {' '.join(available[name][1:])}", flush=True)

@@ -4,7 +4,7 @@ Tasks, training and analyses on TransformerLens' ``HookedTransformer``; see READ
 """
 
 from memlens.analysis import (
-    encoding, fit_probes, intervene, logit_lens, make_counterfactuals, patch_grid,
+    encoding, fit_probes, intervene, logit_lens, make_counterfactuals, neuron_table, patch_grid,
     patch_intermediate, run_with_patch,
 )
 from memlens.tasks import Dataset, Examples, make_task
@@ -15,5 +15,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Dataset", "Examples", "Run", "__version__", "encoding", "fit_probes", "intervene",
     "load_run", "logit_lens", "make_counterfactuals", "make_run_config", "make_task",
-    "patch_grid", "patch_intermediate", "phase_summary", "run_with_patch", "train",
+    "neuron_table", "patch_grid", "patch_intermediate", "phase_summary", "run_with_patch", "train",
 ]

@@ -8,6 +8,7 @@ as PNG.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +44,10 @@ def dynamics(metrics: pd.DataFrame, phases: dict | None = None, title: str = "")
     for key, value in (phases or {}).items():
         if key.startswith("step_") and value:
             label = key.removeprefix("step_").replace("_", " ")
-            fig.add_vline(x=value, line_dash="dot", line_color="grey", annotation_text=label,
-                          annotation_textangle=-90, annotation_font_size=9)
+            fig.add_vline(x=value, line_dash="dot", line_color="grey")
+            # On a log axis, annotations (unlike shapes) take log10 coordinates.
+            fig.add_annotation(x=math.log10(value), y=0.5, yref="paper", text=f"{label}: step {value}",
+                               textangle=-90, showarrow=False, font_size=9, xshift=-7)
     fig.update_layout(title=title or "Training dynamics", xaxis_title="step", xaxis_type="log",
                       yaxis_title="exact-match accuracy", yaxis_range=[-0.02, 1.02], height=380)
     return fig
