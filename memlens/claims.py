@@ -122,12 +122,19 @@ def claim5(run_dir: Path, summary: dict) -> float:
     return float(enc["noisy"]["mean_entropy"])
 
 
+def claim6(run_dir: Path, summary: dict) -> float:
+    outliers = _analysis(run_dir, "neurons")["summary"]["outliers"]
+    if not outliers.get("n_outliers"):
+        raise NotMeasured("no last-layer neuron is an outlier on noisy examples")
+    return float(outliers["share_heuristic"])
+
+
 def not_built(run_dir: Path, summary: dict) -> float:
-    raise NotMeasured("the neuron and circuit analyses are not built yet")
+    raise NotMeasured("the circuit analysis is not built yet")
 
 
 STATISTICS: dict[int, Callable[[Path, dict], float]] = {
-    1: claim1, 2: claim2, 3: claim3, 4: claim4, 5: claim5, 6: not_built, 7: not_built,
+    1: claim1, 2: claim2, 3: claim3, 4: claim4, 5: claim5, 6: claim6, 7: not_built,
 }
 
 

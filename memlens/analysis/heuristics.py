@@ -67,8 +67,8 @@ def fda_features(examples: Examples) -> dict[str, tuple[str, Int[Tensor, " n"]]]
     inter = examples.intermediates
     needed = {"operand", "sum", "column_sum", "carry"}
     if not needed <= set(inter):
-        raise AnalysisError(f"heuristic features need the FDA intermediates {sorted(needed)}; "
-                            f"these examples have {sorted(inter)} (another task?)")
+        raise AnalysisError(f"heuristic features need the FDA intermediates {sorted(needed)} (or "
+                            f"THR's bridge_entity); these examples have {sorted(inter)}")
     operands, total = inter["operand"].long(), inter["sum"].long()
     n_digits = inter["column_sum"].shape[1]
     values = {f"operand {k}": operands[:, k] for k in range(operands.shape[1])}
@@ -84,6 +84,23 @@ def fda_features(examples: Examples) -> dict[str, tuple[str, Int[Tensor, " n"]]]
         feats[f"column sum {c}"] = ("column_sum", inter["column_sum"][:, c].long())
         feats[f"carry into column {c + 1}"] = ("carry", inter["carry"][:, c + 1].long())
     return feats
+
+
+def thr_features(examples: Examples) -> dict[str, tuple[str, Int[Tensor, " n"]]]:
+    """Candidate features of two-hop (THR) examples: which entity or relation fills each slot,
+    and the bridge and answer entities (family ``entity`` or ``relation``)."""
+    inter = examples.intermediates
+    names = {"head entity": ("entity", "head_entity"), "relation 1": ("relation", "relation_1"),
+             "relation 2": ("relation", "relation_2"), "bridge entity": ("entity", "bridge_entity"),
+             "answer entity": ("entity", "answer_entity")}
+    return {name: (family, inter[key].long().clamp(min=0)) for name, (family, key) in names.items()}
+
+
+def task_features(examples: Examples) -> dict[str, tuple[str, Int[Tensor, " n"]]]:
+    """The candidate features for the examples' task (FDA arithmetic heuristics, or THR slots)."""
+    if "bridge_entity" in examples.intermediates:
+        return thr_features(examples)
+    return fda_features(examples)
 
 
 def _group_means(values: Tensor, acts: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
@@ -187,7 +204,7 @@ def classify_neurons(table: NeuronTable, examples: Examples, *, threshold: float
     if n_clean < MIN_CLEAN:
         raise AnalysisError(f"{n_clean} clean examples are too few to estimate neuron patterns: "
                             f"need at least {MIN_CLEAN}")
-    feats = fda_features(examples) if features is None else features
+    feats = task_features(examples) if features is None else features
     acts = table.acts[clean].flatten(1).double()
     gen = torch.Generator().manual_seed(seed)
     halves = torch.zeros(n_clean, dtype=torch.bool)
@@ -273,7 +290,7 @@ class OutlierResult(Result):
 def score_outliers(table: NeuronTable, examples: Examples, heuristics: HeuristicResult, *,
                    z_threshold: float = 1.0, features: dict | None = None) -> OutlierResult:
     """z-scores of every noisy example x neuron against the neuron's best clean lookup."""
-    feats = fda_features(examples) if features is None else features
+    feats = task_features(examples) if features is None else features
     clean, noisy = ~examples.is_noisy, examples.is_noisy
     if not noisy.any():
         raise AnalysisError("no noisy examples to score")

@@ -173,12 +173,59 @@ def run_encoding(run) -> Result:
     return encoding(run.model, mixed_examples(run, 500, 500), seed=run.config.seed)
 
 
+def neuron_examples(run, n: int = 10_000) -> Examples:
+    """Examples for the neuron analyses: every noisy training example and clean ones up to
+    ``n`` in all (THR: two-hop queries only, the ones that carry noise)."""
+    train = run.dataset.train
+    if "n_hops" in train.intermediates:
+        train = train[train.intermediates["n_hops"] == 2]
+    noisy = train[train.is_noisy]
+    clean = subset(train[~train.is_noisy], max(0, n - len(noisy)), run.config.seed)
+    return Examples.concat([clean, noisy]) if len(noisy) else clean
+
+
+@dataclass
+class NeuronAnalysis(Result):
+    """Heuristic classes and noisy-example outliers of the last layer's neurons, and the effect
+    of setting the outliers back to their clean predictions."""
+
+    outliers: Result
+    patching: Result | None
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.outliers.to_frame()
+
+    def summary(self) -> dict:
+        heur = self.outliers.heuristics
+        return {"layers": heur.layers, "positions": heur.positions, "heuristics": heur.summary(),
+                "outliers": self.outliers.summary(),
+                "patching": None if self.patching is None else self.patching.summary()["table"]}
+
+    def figure(self):
+        return self.outliers.figure()
+
+
+def run_neurons(run) -> Result:
+    from memlens.analysis.heuristics import classify_neurons, score_outliers
+    from memlens.analysis.neuron_patching import neuron_patching
+    from memlens.analysis.neurons import neuron_table
+
+    examples = neuron_examples(run)
+    table = neuron_table(run.model, examples, layers=[run.model.cfg.n_layers - 1])
+    heuristics = classify_neurons(table, examples, seed=run.config.seed)
+    outliers = score_outliers(table, examples, heuristics)
+    patching = (neuron_patching(run.model, examples, table, outliers, seed=run.config.seed)
+                if outliers.outliers.any() else None)
+    return NeuronAnalysis(outliers=outliers, patching=patching)
+
+
 ANALYSES: dict[str, Callable] = {
     "logit_lens": run_logit_lens,
     "probes": run_probes,
     "patching": run_patching,
     "interventions": run_interventions,
     "encoding": run_encoding,
+    "neurons": run_neurons,
 }
 
 

@@ -128,6 +128,25 @@ def encoding(data: dict, title: str = "") -> go.Figure:
     return fig
 
 
+def neurons(data: dict, title: str = "") -> go.Figure:
+    """Each last-layer neuron's mean |z| on noisy examples against held-out clean ones; heuristic
+    neurons coloured. Outliers sit high above the diagonal."""
+    frame = pd.DataFrame(data["frame"])
+    frame["kind"] = np.where(frame["heuristic"], "heuristic neuron", "other")
+    fig = px.scatter(frame, x="clean_abs_z", y="noisy_abs_z", color="kind", symbol="outlier",
+                     hover_data=["layer", "position", "neuron", "best_feature", "r2"])
+    top = float(max(frame["clean_abs_z"].max(), frame["noisy_abs_z"].max(), 1.0))
+    fig.add_shape(type="line", x0=0, y0=0, x1=top, y1=top, line={"dash": "dot", "color": "grey"})
+    fig.update_layout(title=title or "Neuron shifts on noisy examples", height=420,
+                      xaxis_title="mean |z|, held-out clean examples", yaxis_title="mean |z|, noisy examples")
+    return fig
+
+
+def records_html(records: list[dict]) -> str:
+    """A list of flat dicts as an HTML table."""
+    return pd.DataFrame(records).to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
+
+
 def table_html(data: dict, columns: list[str] | None = None, max_rows: int = 200) -> str:
     """An analysis frame as an HTML table (for interventions)."""
     frame = pd.DataFrame(data["frame"])

@@ -42,6 +42,12 @@ CAPTIONS = {
     "encoding": "How much each input's resampling lowers the label's log-probability. A lookup "
                 "would hang on one input (normalized entropy 0); spread-out bars on noisy examples "
                 "mean the memorized label is encoded across many inputs.",
+    "neurons": "Last-layer neurons: how far each one's activation on noisy examples departs from "
+               "what its clean pattern (its best heuristic: a range, a residue, a digit, a carry; "
+               "for THR the entity in a slot) predicts for the same input, against the same on "
+               "held-out clean examples. Outliers (high above the diagonal) that are heuristic "
+               "neurons mean memorization shifts existing heuristics. The table sets the outliers "
+               "back to their clean predictions, beside as many random and clean-important neurons.",
     "attention": "Attention patterns of one clean and one noisy training example per layer (hover "
                  "a head to see where each position attends).",
 }
@@ -123,6 +129,10 @@ def _run_section(run_dir: Path, figures: _Figures, attention: bool) -> str:
         if name == "interventions":
             parts.append(figs.table_html(data, ["item", "intervention", "rank", "noisy_memorized_acc",
                                                 "noisy_true_acc", "train_clean_acc", "test_acc"]))
+        elif name == "neurons":
+            parts.append(figures.div(figs.neurons(data)))
+            if data["summary"].get("patching"):
+                parts.append(figs.records_html(data["summary"]["patching"]))
         else:
             parts.append(figures.div(getattr(figs, name)(data)))
         parts.append(f'<p class="caption">{CAPTIONS[name]} ({data.get("seconds", "?")} s to compute)</p>')

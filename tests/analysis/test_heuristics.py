@@ -59,5 +59,14 @@ def test_bad_input(fda_small_data, thr_tiny):
         classify_neurons(NeuronTable(planted(ex[:10]), [1], [10], ex.is_noisy[:10]), ex[:20])
     _, _, thr = thr_tiny
     t = thr.train[:300]
+    t.intermediates.pop("bridge_entity")  # neither FDA nor THR: no features to test
     with pytest.raises(AnalysisError, match="need the FDA intermediates"):
         classify_neurons(NeuronTable(torch.zeros(300, 1, 1, 2), [0], [3], t.is_noisy), t)
+
+
+def test_thr_neurons_are_classified_by_slot(thr_tiny):
+    _, _, data = thr_tiny
+    ex = data.train[data.train.intermediates["n_hops"] == 2]
+    acts = (ex.intermediates["bridge_entity"] % 5 == 0).float()[:, None, None, None] * 2
+    res = classify_neurons(NeuronTable(acts, [1], [2], ex.is_noisy), ex)
+    assert res.best_feature == ["bridge entity"] and res.family == ["entity"] and res.r2[0] > 0.9

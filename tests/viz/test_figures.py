@@ -11,7 +11,7 @@ from memlens.training.run import read_metrics
 from memlens.viz import figures
 
 
-@pytest.mark.parametrize("name", ["logit_lens", "probes", "patching", "encoding"])
+@pytest.mark.parametrize("name", ["logit_lens", "probes", "patching", "encoding", "neurons"])
 def test_each_analysis_figure_has_data(tiny_run, name):
     fig = getattr(figures, name)(load_analysis(tiny_run, name))
     assert fig.data and all(len(getattr(t, "z", None) if getattr(t, "z", None) is not None else t.y) > 0

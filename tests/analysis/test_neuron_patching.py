@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from memlens.analysis import AnalysisError
+from memlens.analysis.heuristics import classify_neurons, score_outliers
+from memlens.analysis.neuron_patching import logits_with_neurons, neuron_patching
+from memlens.analysis.neurons import neuron_table
+from memlens.training.run import load_run
+
+
+def test_setting_neurons_to_their_own_values_is_a_no_op(fda_tiny):
+    _, model, data = fda_tiny
+    ex = data.train[:64]
+    table = neuron_table(model, ex)
+    neurons = [(1, table.positions[0], 5), (0, table.positions[-1], 17), (1, table.positions[1], 0)]
+    own = torch.stack([table.acts[:, table.layers.index(l), table.positions.index(p), n]
+                       for l, p, n in neurons], 1)
+    base = logits_with_neurons(model, ex, neurons, None)
+    torch.testing.assert_close(logits_with_neurons(model, ex, neurons, own, batch_size=10), base,
+                               atol=0, rtol=0)
+    moved = logits_with_neurons(model, ex, neurons, own + 5.0)
+    assert (moved - base).abs().max() > 1e-3  # and a real change does change the logits
+
+
+def test_bad_neurons_and_values(fda_tiny):
+    _, model, data = fda_tiny
+    ex = data.train[:4]
+    with pytest.raises(AnalysisError, match="neuron \\(layer 9"):
+        logits_with_neurons(model, ex, [(9, 0, 0)], torch.zeros(4, 1))
+    with pytest.raises(AnalysisError, match=r"values have shape \(4, 2\)"):
+        logits_with_neurons(model, ex, [(0, 0, 0)], torch.zeros(4, 2))
+
+
+def test_neuron_patching_table_on_a_trained_tiny_run(tiny_run):
+    run = load_run(tiny_run)
+    ex = run.dataset.train
+    table = neuron_table(run.model, ex, layers=[run.model.cfg.n_layers - 1])
+    heur = classify_neurons(table, ex)
+    out = score_outliers(table, ex, heur, z_threshold=0.3)
+    assert out.outliers.any()
+    res = neuron_patching(run.model, ex, table, out, random_draws=2)
+    frame = res.to_frame()
+    assert list(frame["variant"]) == ["none", "outlier neurons", "random neurons (mean of 2)",
+                                      "clean-important neurons"]
+    k = int(out.outliers.sum())
+    assert list(frame["n_neurons"]) == [0, k, k, k]
+    base = frame.iloc[0]
+    assert base["noisy_memorized_acc"] == pytest.approx(
+        float(run.summary["final_metrics"]["noisy_memorized_acc"]), abs=0.05)
