@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from memlens.analysis.common import (
-    AnalysisError, Result, cached_activations, check_examples, check_positions,
+    AnalysisError, Result, cached_activations, check_examples, check_positions, model_device,
 )
 from memlens.tasks.base import Examples
 
@@ -99,8 +99,8 @@ def fit_softmax_probes(x: Tensor, labels: Tensor, n_classes: list[int], l2: floa
     xk = x.transpose(0, 1).contiguous()  # (K, n, d): one batched matmul per evaluation
     offsets = np.concatenate([[0], np.cumsum(n_classes)]).tolist()
     label_index = [labels[:, t].view(1, n, 1).expand(k, n, 1) for t in range(len(n_classes))]
-    weight = torch.zeros(k, d, offsets[-1], requires_grad=True)
-    bias = torch.zeros(k, 1, offsets[-1], requires_grad=True)
+    weight = torch.zeros(k, d, offsets[-1], device=x.device, requires_grad=True)
+    bias = torch.zeros(k, 1, offsets[-1], device=x.device, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, history_size=20,
                                   tolerance_grad=1e-5, tolerance_change=1e-7,
                                   line_search_fn="strong_wolfe")
@@ -228,27 +228,30 @@ def fit_probes(model, fit: Examples, evaluate: dict[str, Examples], variables: l
         acts = cached_activations(model, ex.tokens, hooks, positions, chunk_size)
         return torch.stack([acts[h] for h in hooks], 1).flatten(1, 2).float()  # (n, P*S, d)
 
-    x_fit = features(fit)
+    # Probes fit where the model runs: on a GPU the batched L-BFGS is the bulk of the work.
+    device = model_device(model)
+    x_fit = features(fit).to(device)
     mean, std = x_fit.mean(0), x_fit.std(0).clamp(min=1e-6)
     x_fit = _standardize(x_fit, mean, std)
     targets = [t for v in variables for t in probe_targets(fit, v)]
     n_classes = [t.n_classes for t in targets]
-    y_fit = torch.stack([t.values(fit) for t in targets], 1)
+    y_fit = torch.stack([t.values(fit) for t in targets], 1).to(device)
     weight, bias = fit_softmax_probes(x_fit, y_fit, n_classes, l2, max_iter)
     if controls:
         gen = torch.Generator().manual_seed(seed)
-        y_shuffled = y_fit[torch.randperm(len(y_fit), generator=gen)]
+        y_shuffled = y_fit[torch.randperm(len(y_fit), generator=gen).to(device)]
         w_shuf, b_shuf = fit_softmax_probes(x_fit, y_shuffled, n_classes, l2, max_iter)
     majority = [int(torch.bincount(y_fit[:, i], minlength=c).argmax()) for i, c in enumerate(n_classes)]
 
     labels = [(p, pos) for p, _ in points for pos in positions]
     rows = []
     for group, ex in evaluate.items():
-        x = _standardize(features(ex), mean, std)
-        y = torch.stack([t.values(ex) for t in targets], 1)
-        hit = (predict_probes(x, weight, bias, n_classes) == y[:, None]).float().mean(0)  # (K, T)
-        hit_shuf = ((predict_probes(x, w_shuf, b_shuf, n_classes) == y[:, None]).float().mean(0)
+        x = _standardize(features(ex).to(device), mean, std)
+        y = torch.stack([t.values(ex) for t in targets], 1).to(device)
+        hit = (predict_probes(x, weight, bias, n_classes) == y[:, None]).float().mean(0).cpu()  # (K, T)
+        hit_shuf = ((predict_probes(x, w_shuf, b_shuf, n_classes) == y[:, None]).float().mean(0).cpu()
                     if controls else torch.full_like(hit, float("nan")))
+        y = y.cpu()
         for ti, t in enumerate(targets):
             maj = float((y[:, ti] == majority[ti]).float().mean())
             for k, (point, pos) in enumerate(labels):
