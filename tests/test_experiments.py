@@ -13,7 +13,7 @@ SCRIPTS = sorted(p.name for p in EXPERIMENTS.glob("*.py") if not p.name.startswi
 
 def test_there_is_a_script_per_claim():
     assert {"claim1_2_dynamics.py", "claim3_readout.py", "claim4_interventions.py",
-            "claim5_encoding.py", "scorecard.py"} <= set(SCRIPTS)
+            "claim5_encoding.py", "claim6_neurons.py", "claim7_circuits.py", "scorecard.py"} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

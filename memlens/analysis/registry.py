@@ -219,6 +219,66 @@ def run_neurons(run) -> Result:
     return NeuronAnalysis(outliers=outliers, patching=patching)
 
 
+@dataclass
+class CircuitAnalysis(Result):
+    """EAP circuits for clean and for noisy examples, their overlap and faithfulness."""
+
+    clean: Result
+    noisy: Result
+    summary_: dict
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.concat([self.clean.to_frame().assign(group="clean"),
+                          self.noisy.to_frame().assign(group="noisy")], ignore_index=True)
+
+    def summary(self) -> dict:
+        return self.summary_
+
+    def figure(self):
+        return self.clean.figure()
+
+
+def run_circuits(run, n: int = 400) -> Result:
+    """Circuits of the clean and of the noisy training examples, the top 10% of edges each.
+
+    Corruption: another example's input from the same group. Metric: the logit of each
+    example's trained label minus the logit of the corrupting example's label, averaged over
+    answer slots and examples. (Log-probabilities saturate near 0 on memorized examples, so
+    their gradients, and with them the attribution scores, vanish.)"""
+    from memlens.analysis.circuits import edge_attribution, faithfulness, overlap
+
+    def group(name: str):
+        ex = run.splits[name]
+        if "n_hops" in ex.intermediates:
+            ex = ex[ex.intermediates["n_hops"] == 2]
+        ex = subset(ex, n, run.config.seed)
+        corrupt = ex.tokens.roll(1, 0)  # another example of the same group
+
+        def metric(logits):
+            at = logits[:, ex.answer_pos].float()
+            own = at.gather(-1, ex.labels.to(at.device)[..., None])
+            other = at.gather(-1, ex.labels.roll(1, 0).to(at.device)[..., None])
+            return (own - other).mean()
+        return ex, corrupt, metric
+
+    if not len(run.splits["train_noisy"]):
+        raise AnalysisError("circuits compare clean and noisy examples: this run has no noisy ones")
+    results, summary = {}, {}
+    for name, split in (("clean", "train_clean"), ("noisy", "train_noisy")):
+        ex, corrupt, metric = group(split)
+        results[name] = edge_attribution(run.model, ex.tokens, corrupt, metric)
+        summary[name] = {"n": len(ex), "metric_clean": results[name].metric_clean,
+                         "metric_corrupt": results[name].metric_corrupt}
+    n_edges = int(results["clean"].graph.edges.sum())
+    k = max(5, round(0.1 * n_edges))
+    summary["overlap"] = overlap(results["clean"], results["noisy"], k, seed=run.config.seed)
+    for name, split in (("clean", "train_clean"), ("noisy", "train_noisy")):
+        ex, corrupt, metric = group(split)
+        summary[name]["faithfulness"] = faithfulness(run.model, ex.tokens, corrupt, results[name].top(k), metric)
+        summary[name]["top_edges"] = results[name].to_frame().head(k).to_dict(orient="records")
+    return CircuitAnalysis(results["clean"], results["noisy"], summary)
+
+
 ANALYSES: dict[str, Callable] = {
     "logit_lens": run_logit_lens,
     "probes": run_probes,
@@ -226,6 +286,7 @@ ANALYSES: dict[str, Callable] = {
     "interventions": run_interventions,
     "encoding": run_encoding,
     "neurons": run_neurons,
+    "circuits": run_circuits,
 }
 
 

@@ -27,16 +27,17 @@ def _bundle() -> str:
     return src[start:end]
 
 
-def attention_views_html(views: list[tuple[str, list[str], torch.Tensor]]) -> str:
+def attention_views_html(views: list[tuple[str, list[str], torch.Tensor]], include_bundle: bool = True) -> str:
     """HTML for several attention views, ``(title, tokens, attention (heads, pos, pos))`` each,
-    with the circuitsvis bundle inlined once.
+    with the circuitsvis bundle inlined once (``include_bundle=False`` when the page already has
+    it from an earlier call).
 
     >>> views = [(t, ["a", "b"], torch.ones(2, 2, 2) / 2) for t in ("clean", "noisy")]
     >>> html = attention_views_html(views)
     >>> html.count("CircuitsVis.render("), html.count("unpkg.com")
     (2, 0)
     """
-    parts = ['<script type="module">' + _bundle() + "\nwindow.CircuitsVis = CircuitsVis;\n</script>"]
+    parts = ['<script type="module">' + _bundle() + "\nwindow.CircuitsVis = CircuitsVis;\n</script>"] if include_bundle else []
     for title, tokens, attention in views:
         div = f"circuits-vis-{uuid.uuid4().hex[:12]}"
         props = json.dumps({"tokens": tokens, "attention": attention.float().tolist()})

@@ -142,6 +142,29 @@ def neurons(data: dict, title: str = "") -> go.Figure:
     return fig
 
 
+def circuits(data: dict, title: str = "") -> go.Figure:
+    """Edge attribution scores (writer x reader) of the clean and of the noisy circuit."""
+    frame = pd.DataFrame(data["frame"])
+    writers = list(dict.fromkeys(frame["writer"]))
+    readers = list(dict.fromkeys(frame.sort_values("reader", key=lambda c: c.map(
+        {r: i for i, r in enumerate(dict.fromkeys(frame["reader"]))}))["reader"]))
+    panels = []
+    for group in ("clean", "noisy"):
+        grid = np.zeros((len(writers), len(readers)))
+        for row in frame[frame["group"] == group].itertuples():
+            grid[writers.index(row.writer), readers.index(row.reader)] = row.score
+        panels.append(grid)
+    top = float(np.abs(np.stack(panels)).max()) or 1.0
+    fig = px.imshow(np.stack(panels), facet_col=0, x=readers, y=writers, zmin=-top, zmax=top,
+                    color_continuous_scale="RdBu", aspect="auto", labels={"color": "score"})
+    for i, name in enumerate(("clean examples", "noisy examples")):
+        fig.layout.annotations[i].text = name
+    o = data["summary"]["overlap"]
+    fig.update_layout(title=title or f"Edge attribution: top-{o['k']} IoU {o['iou']:.2f} (random "
+                      f"{o['random_iou']:.2f}), weighted Jaccard {o['weighted_jaccard']:.2f}", height=420)
+    return fig
+
+
 def records_html(records: list[dict]) -> str:
     """A list of flat dicts as an HTML table."""
     return pd.DataFrame(records).to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)

@@ -48,6 +48,14 @@ CAPTIONS = {
                "held-out clean examples. Outliers (high above the diagonal) that are heuristic "
                "neurons mean memorization shifts existing heuristics. The table sets the outliers "
                "back to their clean predictions, beside as many random and clean-important neurons.",
+    "circuits": "Edge attribution patching: how much each writer-to-reader edge carries the "
+                "label's logit margin, for clean and for noisy examples. Overlapping bright edges "
+                "mean memorization uses the same circuit as generalization; the table gives the "
+                "top-k overlap against random edge sets and the share of the metric each circuit "
+                "recovers on its own (faithfulness).",
+    "neuron_view": "The neuron that shifts most on noisy examples (best heuristic: {feature}; mean "
+                   "|z| {z:.2f} on noisy examples), over the inputs: cells are clean examples' mean "
+                   "activation, points are noisy examples coloured by their activation.",
     "attention": "Attention patterns of one clean and one noisy training example per layer (hover "
                  "a head to see where each position attends).",
 }
@@ -76,10 +84,12 @@ def check_run_dirs(run_dirs: list[str | Path]) -> list[Path]:
 
 
 class _Figures:
-    """Collects plotly figures as HTML divs; plotly.js goes into the first one only."""
+    """Collects plotly figures as HTML divs; plotly.js goes into the first one only, and the
+    circuitsvis bundle into the first attention section only."""
 
     def __init__(self):
         self.first = True
+        self.circuitsvis_loaded = False
 
     def div(self, fig) -> str:
         out = fig.to_html(full_html=False, include_plotlyjs=self.first, default_width="100%")
@@ -129,6 +139,11 @@ def _run_section(run_dir: Path, figures: _Figures, attention: bool) -> str:
         if name == "interventions":
             parts.append(figs.table_html(data, ["item", "intervention", "rank", "noisy_memorized_acc",
                                                 "noisy_true_acc", "train_clean_acc", "test_acc"]))
+        elif name == "circuits":
+            parts.append(figures.div(figs.circuits(data)))
+            summ = data["summary"]
+            parts.append(figs.records_html([{**summ["overlap"], **{f"{g}_faithfulness": summ[g]["faithfulness"]
+                                                                for g in ("clean", "noisy")}}]))
         elif name == "neurons":
             parts.append(figures.div(figs.neurons(data)))
             if data["summary"].get("patching"):
@@ -140,18 +155,38 @@ def _run_section(run_dir: Path, figures: _Figures, attention: bool) -> str:
         items = "".join(f"<li>{html.escape(m)}</li>" for m in missing)
         parts.append(f'<div class="missing"><b>Missing analyses</b><ul>{items}</ul></div>')
     if attention and summary:
-        parts.append(_attention_section(run_dir))
+        parts.append(_model_sections(run_dir, figures))
     return "\n".join(parts)
 
 
-def _attention_section(run_dir: Path) -> str:
+def _model_sections(run_dir: Path, figures: _Figures) -> str:
+    """The views that need the trained model: attention patterns, and the operand-grid view of
+    the neuron that shifts most on noisy examples."""
+    from memlens.analysis.neurons import neuron_table
+    from memlens.analysis.registry import neuron_examples
     from memlens.training.run import load_run
     from memlens.viz.attention import attention_views_html, clean_and_noisy_views
+    from memlens.viz.neuron_views import neuron_view
 
     run = load_run(run_dir)
     views = clean_and_noisy_views(run.model, run.splits)
-    return (f"<h3>attention</h3><div class=\"views\">{attention_views_html(views)}</div>"
-            f'<p class="caption">{CAPTIONS["attention"]}</p>')
+    html_parts = [f"<h3>attention</h3><div class=\"views\">"
+                  f"{attention_views_html(views, include_bundle=not figures.circuitsvis_loaded)}</div>",
+                  f'<p class="caption">{CAPTIONS["attention"]}</p>']
+    figures.circuitsvis_loaded = True
+    try:
+        frame = pd.DataFrame(load_analysis(run_dir, "neurons")["frame"])
+    except AnalysisError:
+        return "\n".join(html_parts)
+    top = frame.sort_values("noisy_abs_z", ascending=False).iloc[0]
+    layer, position, neuron = int(top["layer"]), int(top["position"]), int(top["neuron"])
+    examples = neuron_examples(run)
+    table = neuron_table(run.model, examples, layers=[layer], positions=[position])
+    caption = CAPTIONS["neuron_view"].format(feature=top["best_feature"], z=top["noisy_abs_z"])
+    html_parts += ["<h3>neuron view</h3>",
+                   figures.div(neuron_view(table, examples, layer, position, neuron)),
+                   f'<p class="caption">{html.escape(caption)}</p>']
+    return "\n".join(html_parts)
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path = "report.html",

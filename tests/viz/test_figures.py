@@ -11,7 +11,7 @@ from memlens.training.run import read_metrics
 from memlens.viz import figures
 
 
-@pytest.mark.parametrize("name", ["logit_lens", "probes", "patching", "encoding", "neurons"])
+@pytest.mark.parametrize("name", ["logit_lens", "probes", "patching", "encoding", "neurons", "circuits"])
 def test_each_analysis_figure_has_data(tiny_run, name):
     fig = getattr(figures, name)(load_analysis(tiny_run, name))
     assert fig.data and all(len(getattr(t, "z", None) if getattr(t, "z", None) is not None else t.y) > 0
@@ -39,3 +39,22 @@ def test_save_writes_png(tiny_run, tmp_path):
     html, png = figures.save(fig, tmp_path / "lens")
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_neuron_view_marks_noisy_examples_over_the_operand_grid():
+    import torch
+
+    from memlens.analysis import AnalysisError
+    from memlens.analysis.neurons import NeuronTable
+    from memlens.tasks import make_task
+    from memlens.viz.neuron_views import neuron_view
+
+    ex = make_task("fda", preset="tiny").generate(0).train
+    acts = (ex.intermediates["operand"][:, 0] >= 50).float()[:, None, None, None]
+    fig = neuron_view(NeuronTable(acts, [1], [7], ex.is_noisy), ex, 1, 7, 0, bins=10)
+    heat, noisy = fig.data
+    assert len(noisy.x) == int(ex.is_noisy.sum())
+    z = heat.z if not hasattr(heat.z, "tolist") else heat.z.tolist()
+    assert z[0][0] == 0 and z[0][-1] == 1  # a range neuron on operand 0 (the x axis)
+    with pytest.raises(AnalysisError, match="neuron 3 is out of range"):
+        neuron_view(NeuronTable(acts, [1], [7], ex.is_noisy), ex, 1, 7, 3)

@@ -17,9 +17,9 @@ from memlens.viz.report import write_report
 def test_report_holds_every_analysis_claims_and_attention_offline(tiny_run, tmp_path):
     out = write_report([tiny_run], tmp_path / "report.html")
     page = out.read_text()
-    # dynamics, logit lens, probes, patching, encoding, neurons
-    assert page.count('class="plotly-graph-div"') == 6
-    assert page.count("<h3>") == 7 and "interventions" in page
+    # dynamics, logit lens, probes, patching, encoding, neurons, circuits, neuron view
+    assert page.count('class="plotly-graph-div"') == 8
+    assert page.count("<h3>") == 9 and "interventions" in page
     assert page.count("CircuitsVis.render(") == 2 * 1  # a clean and a noisy example, 1 layer
     assert "Missing analyses" not in page
     assert re.search(r"<td>1</td><td>fda</td>", page)  # the claims table
@@ -38,7 +38,7 @@ def test_missing_and_corrupted_results_say_how_to_produce_them(tiny_run, tmp_pat
     assert "Missing analyses" in page
     assert f"memlens analyze {copy} --only probes" in page
     assert "encoding.json is corrupted" in page and f"--only encoding" in page
-    assert page.count('class="plotly-graph-div"') == 4
+    assert page.count('class="plotly-graph-div"') == 5
 
 
 def test_not_a_run_directory_is_refused_before_writing(tmp_path, capsys):
@@ -66,7 +66,7 @@ def test_headless_chromium_draws_the_report_offline(tiny_run, tmp_path):
     env = {**os.environ, "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env).stdout
     # plotly drew its figures: each graph div holds an <svg class="main-svg"> with traces.
-    assert dom.count('class="main-svg"') >= 6
+    assert dom.count('class="main-svg"') >= 8
     assert dom.count('class="scatterlayer') >= 3 or dom.count("trace scatter") >= 3
     # circuitsvis drew the attention views: their divs are no longer empty.
     views = re.findall(r'<div id="circuits-vis-[0-9a-f]+">(.*?)</div></div>', dom, flags=re.S)
