@@ -111,6 +111,15 @@ class EdgeScores(Result):
         n_readers = self.scores.shape[1]
         return {(int(i) // n_readers, int(i) % n_readers) for i in idx}
 
+    def node_scores(self) -> pd.Series:
+        """Per component (head, MLP, embedding, logits): the summed |score| of its edges, in
+        and out: how much of the attributed effect flows through it."""
+        s = self.scores.abs()
+        out = {name: float(s[i].sum()) for i, name in enumerate(self.graph.writers)}
+        for j, name in enumerate(self.graph.readers):
+            out[name] = out.get(name, 0.0) + float(s[:, j].sum())
+        return pd.Series(out).sort_values(ascending=False)
+
     def to_frame(self) -> pd.DataFrame:
         rows = [{"writer": self.graph.writers[w], "reader": self.graph.readers[r],
                  "score": float(self.scores[w, r])} for w, r in self.edge_list()]

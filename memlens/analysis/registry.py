@@ -275,7 +275,13 @@ def run_circuits(run, n: int = 400) -> Result:
     for name, split in (("clean", "train_clean"), ("noisy", "train_noisy")):
         ex, corrupt, metric = group(split)
         summary[name]["faithfulness"] = faithfulness(run.model, ex.tokens, corrupt, results[name].top(k), metric)
+        # A top-k set need not connect the embedding to the logits: how much larger circuits recover.
+        summary[name]["faithfulness_by_share"] = {
+            str(share): faithfulness(run.model, ex.tokens, corrupt,
+                                     results[name].top(max(1, round(share * n_edges))), metric)
+            for share in (0.1, 0.25, 0.5, 0.75)}
         summary[name]["top_edges"] = results[name].to_frame().head(k).to_dict(orient="records")
+        summary[name]["top_components"] = results[name].node_scores().head(10).round(6).to_dict()
     return CircuitAnalysis(results["clean"], results["noisy"], summary)
 
 

@@ -142,8 +142,12 @@ def _run_section(run_dir: Path, figures: _Figures, attention: bool) -> str:
         elif name == "circuits":
             parts.append(figures.div(figs.circuits(data)))
             summ = data["summary"]
-            parts.append(figs.records_html([{**summ["overlap"], **{f"{g}_faithfulness": summ[g]["faithfulness"]
-                                                                for g in ("clean", "noisy")}}]))
+            parts.append(figs.records_html([summ["overlap"]]))
+            parts.append(figs.records_html([
+                {"circuit": g, f"faithfulness (top {summ['overlap']['k']})": summ[g]["faithfulness"],
+                 **{f"top {float(share):.0%} of edges": v
+                    for share, v in summ[g].get("faithfulness_by_share", {}).items()}}
+                for g in ("clean", "noisy")]))
         elif name == "neurons":
             parts.append(figures.div(figs.neurons(data)))
             if data["summary"].get("patching"):

@@ -67,6 +67,9 @@ def test_overlap_and_faithfulness(setup):
     model, clean, corrupt = setup
     metric = metric_for(clean)
     a = edge_attribution(model, clean.tokens, corrupt, metric)
+    nodes = a.node_scores()
+    assert set(nodes.index) == set(a.graph.writers) | set(a.graph.readers)
+    assert nodes.sum() == pytest.approx(2 * float(a.scores.abs().sum()), rel=1e-5)  # each edge twice
     same = overlap(a, a, k=10)
     assert same["iou"] == 1.0 and same["weighted_jaccard"] == pytest.approx(1.0)
     assert 0 <= same["random_iou"] < 0.5
