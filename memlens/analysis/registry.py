@@ -191,6 +191,7 @@ class NeuronAnalysis(Result):
 
     outliers: Result
     patching: Result | None
+    name = "neurons"
 
     def to_frame(self) -> pd.DataFrame:
         return self.outliers.to_frame()
@@ -226,6 +227,7 @@ class CircuitAnalysis(Result):
     clean: Result
     noisy: Result
     summary_: dict
+    name = "circuits"
 
     def to_frame(self) -> pd.DataFrame:
         return pd.concat([self.clean.to_frame().assign(group="clean"),
