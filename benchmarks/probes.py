@@ -18,7 +18,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -23,7 +23,6 @@ Writes docs/benchmarks/training_<device>.json, which benchmarks/run_all.py colle
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys

@@ -85,11 +85,8 @@ def _writer_hooks(model) -> list[str]:
 
 
 def _writers_from(cache: dict[str, Tensor], model) -> Tensor:
-    """(batch, pos, n_writers, d_model) in Graph order."""
-    parts = [(cache["hook_embed"] + cache["hook_pos_embed"])[:, :, None]]
-    for layer in range(model.cfg.n_layers):
-        parts += [cache[f"blocks.{layer}.attn.hook_result"], cache[f"blocks.{layer}.hook_mlp_out"][:, :, None]]
-    return torch.cat(parts, 2)
+    """(batch, pos, n_writers, d_model) in Graph order, from a complete cache."""
+    return _partial_writers(cache, model)
 
 
 @dataclass
@@ -148,7 +145,7 @@ def edge_attribution(model, clean: Tensor, corrupt: Tensor, metric: Callable[[Te
     device = model_device(model)
     clean, corrupt = clean.to(device), corrupt.to(device)
     writer_names = set(_writer_hooks(model))
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    n_layers = model.cfg.n_layers
     with _split_hooks(model):
         with torch.no_grad():
             corrupt_logits, cache = model.run_with_cache(corrupt, names_filter=lambda n: n in writer_names)
@@ -235,7 +232,8 @@ def circuit_logits(model, clean: Tensor, corrupt: Tensor, keep: set[tuple[int, i
 
 
 def _partial_writers(current: dict[str, Tensor], model) -> Tensor:
-    """Writer outputs recorded so far in this forward pass, in Graph order."""
+    """Writer outputs recorded so far in a forward pass (all of them from a complete cache),
+    in Graph order."""
     parts = [(current["hook_embed"] + current["hook_pos_embed"])[:, :, None]]
     for layer in range(model.cfg.n_layers):
         if f"blocks.{layer}.attn.hook_result" not in current:

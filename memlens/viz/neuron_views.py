@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
-import torch
 
 from memlens.analysis.common import AnalysisError
 from memlens.analysis.neurons import NeuronTable

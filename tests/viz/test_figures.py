@@ -42,8 +42,6 @@ def test_save_writes_png(tiny_run, tmp_path):
 
 
 def test_neuron_view_marks_noisy_examples_over_the_operand_grid():
-    import torch
-
     from memlens.analysis import AnalysisError
     from memlens.analysis.neurons import NeuronTable
     from memlens.tasks import make_task

@@ -37,7 +37,7 @@ def test_missing_and_corrupted_results_say_how_to_produce_them(tiny_run, tmp_pat
     page = write_report([copy], tmp_path / "r.html", attention=False).read_text()
     assert "Missing analyses" in page
     assert f"memlens analyze {copy} --only probes" in page
-    assert "encoding.json is corrupted" in page and f"--only encoding" in page
+    assert "encoding.json is corrupted" in page and "--only encoding" in page
     assert page.count('class="plotly-graph-div"') == 5
 
 
