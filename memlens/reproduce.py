@@ -102,44 +102,45 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "memlens.cli", *args]
 
 
+def _run_step(cmd: list[str], out, env: dict) -> tuple[int, float]:
+    """Run one logged command; returns (exit code, seconds)."""
+    out.write(f"$ {' '.join(cmd)}\n")
+    out.flush()
+    t0 = time.perf_counter()
+    code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+    return code, round(time.perf_counter() - t0, 1)
+
+
 def run_job(job: Job, preset: str, device: str, threads: int, sets: list[str], log_dir: Path) -> dict:
     """Train (or resume, or skip) and analyze one run in fresh processes; returns its record."""
     log = log_dir / f"{job.name}.log"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     record = {"job": job.name, "state_before": run_state(job.run_dir), "steps": []}
     start = time.perf_counter()
+
+    def finish(ok: bool) -> dict:
+        record.update(ok=ok, seconds=round(time.perf_counter() - start, 1), log=str(log))
+        return record
+
     with open(log, "a") as out:
-        commands = []
         if record["state_before"] != "finished":
             train = _cli("train", job.task, "--preset", preset, "--seed", str(job.seed), "--out",
                          str(job.run_dir), "--device", device, "--no-progress",
                          *[a for s in sets for a in ("--set", s)])
             if record["state_before"] == "unfinished":
                 train.append("--resume")
-            commands.append(("train", train))
-        for label, cmd in commands:
-            out.write(f"$ {' '.join(cmd)}\n")
-            out.flush()
-            t0 = time.perf_counter()
-            code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
-            record["steps"].append({"step": label, "seconds": round(time.perf_counter() - t0, 1), "rc": code})
+            code, seconds = _run_step(train, out, env)
+            record["steps"].append({"step": "train", "seconds": seconds, "rc": code})
             if code:
-                record.update(ok=False, seconds=round(time.perf_counter() - start, 1), log=str(log))
-                return record
-        missing = missing_analyses(job.run_dir)
+                return finish(False)
+        missing = missing_analyses(job.run_dir)  # after training: a new run lacks them all
         if missing:
-            cmd = _cli("analyze", str(job.run_dir), "--only", ",".join(missing), "--device", device)
-            out.write(f"$ {' '.join(cmd)}\n")
-            out.flush()
-            t0 = time.perf_counter()
-            code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
-            record["steps"].append({"step": "analyze", "analyses": missing,
-                                    "seconds": round(time.perf_counter() - t0, 1), "rc": code})
+            analyze = _cli("analyze", str(job.run_dir), "--only", ",".join(missing), "--device", device)
+            code, seconds = _run_step(analyze, out, env)
+            record["steps"].append({"step": "analyze", "analyses": missing, "seconds": seconds, "rc": code})
             if code:
-                record.update(ok=False, seconds=round(time.perf_counter() - start, 1), log=str(log))
-                return record
-    record.update(ok=True, seconds=round(time.perf_counter() - start, 1), log=str(log))
-    return record
+                return finish(False)
+    return finish(True)
 
 
 def score_runs(runs: dict[str, list[Path]]) -> list[dict]:

@@ -265,17 +265,16 @@ def run_circuits(run, n: int = 400) -> Result:
 
     if not len(run.splits["train_noisy"]):
         raise AnalysisError("circuits compare clean and noisy examples: this run has no noisy ones")
+    groups = {"clean": group("train_clean"), "noisy": group("train_noisy")}
     results, summary = {}, {}
-    for name, split in (("clean", "train_clean"), ("noisy", "train_noisy")):
-        ex, corrupt, metric = group(split)
+    for name, (ex, corrupt, metric) in groups.items():
         results[name] = edge_attribution(run.model, ex.tokens, corrupt, metric)
         summary[name] = {"n": len(ex), "metric_clean": results[name].metric_clean,
                          "metric_corrupt": results[name].metric_corrupt}
     n_edges = int(results["clean"].graph.edges.sum())
     k = max(5, round(0.1 * n_edges))
     summary["overlap"] = overlap(results["clean"], results["noisy"], k, seed=run.config.seed)
-    for name, split in (("clean", "train_clean"), ("noisy", "train_noisy")):
-        ex, corrupt, metric = group(split)
+    for name, (ex, corrupt, metric) in groups.items():
         summary[name]["faithfulness"] = faithfulness(run.model, ex.tokens, corrupt, results[name].top(k), metric)
         # A top-k set need not connect the embedding to the logits: how much larger circuits recover.
         summary[name]["faithfulness_by_share"] = {

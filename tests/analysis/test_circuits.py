@@ -7,12 +7,8 @@ import torch
 
 from memlens.analysis import AnalysisError
 from memlens.analysis.circuits import Graph, circuit_logits, edge_attribution, faithfulness, overlap
+from tests.analysis.helpers import label_logprob_metric
 
-
-def metric_for(ex):
-    def metric(logits):
-        return logits[:, ex.answer_pos].log_softmax(-1).gather(-1, ex.labels[..., None]).mean()
-    return metric
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +45,7 @@ def test_all_edges_give_the_clean_run_and_none_the_corrupt_run(setup):
 
 def test_attribution_tracks_real_single_edge_patching(setup):
     model, clean, corrupt = setup
-    metric = metric_for(clean)
+    metric = label_logprob_metric(clean)
     scores = edge_attribution(model, clean.tokens, corrupt, metric)
     every = {tuple(e) for e in scores.graph.edges.nonzero().tolist()}
     with torch.no_grad():
@@ -65,7 +61,7 @@ def test_attribution_tracks_real_single_edge_patching(setup):
 
 def test_overlap_and_faithfulness(setup):
     model, clean, corrupt = setup
-    metric = metric_for(clean)
+    metric = label_logprob_metric(clean)
     a = edge_attribution(model, clean.tokens, corrupt, metric)
     nodes = a.node_scores()
     assert set(nodes.index) == set(a.graph.writers) | set(a.graph.readers)

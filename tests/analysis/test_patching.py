@@ -6,12 +6,8 @@ from transformer_lens import patching as tl_patching
 
 from memlens.analysis import AnalysisError
 from memlens.analysis.patching import patch_grid, run_with_patch
+from tests.analysis.helpers import label_logprob_metric
 
-
-def metric_factory(ex):
-    def metric(logits):
-        return logits[:, ex.answer_pos].log_softmax(-1).gather(-1, ex.labels[..., None]).mean()
-    return metric
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +29,7 @@ def test_full_residual_patch_restores_clean_logits(pair, layer):
 
 def test_identical_source_changes_nothing(pair):
     model, clean, _ = pair
-    metric = metric_factory(clean)
+    metric = label_logprob_metric(clean)
     with torch.no_grad():
         base = metric(model(clean.tokens))
     out = patch_grid(model, clean.tokens, clean.tokens, metric)
@@ -55,7 +51,7 @@ resid_post_tl = partial(tl_patching.generic_activation_patch,
 ])
 def test_equals_transformer_lens(pair, kind, tl_fn):
     model, clean, corrupted = pair
-    metric = metric_factory(clean)
+    metric = label_logprob_metric(clean)
     _, cache = model.run_with_cache(clean.tokens)
     want = tl_fn(model, corrupted.tokens, cache, metric)
     got = patch_grid(model, clean.tokens, corrupted.tokens, metric, hook=kind, chunk_size=64)
@@ -84,7 +80,7 @@ def near_pair(fda_tiny):
 ])
 def test_equals_transformer_lens_when_most_activations_are_equal(near_pair, kind, tl_fn):
     model, clean, corrupted = near_pair
-    metric = metric_factory(clean)
+    metric = label_logprob_metric(clean)
     _, cache = model.run_with_cache(clean.tokens)
     want = tl_fn(model, corrupted, cache, metric)
     got = patch_grid(model, clean.tokens, corrupted, metric, hook=kind, chunk_size=8)
@@ -97,7 +93,7 @@ def test_equals_transformer_lens_when_most_activations_are_equal(near_pair, kind
 
 def test_neurons_equal_one_hook_per_grid_point(near_pair):
     model, clean, corrupted = near_pair
-    metric = metric_factory(clean)
+    metric = label_logprob_metric(clean)
     _, cache = model.run_with_cache(clean.tokens)
     got = patch_grid(model, clean.tokens, corrupted, metric, hook="mlp_post", layers=[0, 1],
                      positions=[3, 8], components=[1, 6], chunk_size=5)
@@ -117,7 +113,7 @@ def test_neurons_equal_one_hook_per_grid_point(near_pair):
 
 def test_neuron_grid_shape_and_chunking_agree(pair):
     model, clean, corrupted = pair
-    metric = metric_factory(clean)
+    metric = label_logprob_metric(clean)
     a = patch_grid(model, clean.tokens, corrupted.tokens, metric, hook="mlp_post", layers=[1],
                    positions=[6, 7], components=[0, 5, 7], chunk_size=16)
     b = patch_grid(model, clean.tokens, corrupted.tokens, metric, hook="mlp_post", layers=[1],
@@ -141,14 +137,14 @@ def test_no_hook_left_after_exception(pair):
     assert no_hooks(model)
     bad_cache = {"blocks.0.hook_resid_pre": torch.zeros(3, 2, 2)}  # wrong shape: the hook raises
     with pytest.raises(Exception):
-        patch_grid(model, clean.tokens, corrupted.tokens, metric_factory(clean), layers=[0],
+        patch_grid(model, clean.tokens, corrupted.tokens, label_logprob_metric(clean), layers=[0],
                    source_cache=bad_cache)
     assert no_hooks(model)
 
 
 def test_bad_grid(pair):
     model, clean, corrupted = pair
-    m = metric_factory(clean)
+    m = label_logprob_metric(clean)
     with pytest.raises(AnalysisError, match=r"layer\(s\) \[5\] out of range"):
         patch_grid(model, clean.tokens, corrupted.tokens, m, layers=[5])
     with pytest.raises(AnalysisError, match=r"position\(s\) \[40\] out of range"):
