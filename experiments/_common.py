@@ -1,7 +1,8 @@
 """Shared set-up of the experiment scripts: which runs to read and where figures go.
 
 Runs come from the command line (``python experiments/X.py RUN_DIR ...``) or from
-``MEMLENS_RUNS`` (comma-separated), else the small-preset reproduction's default directory.
+``MEMLENS_RUNS`` (comma-separated; the way to choose runs in a notebook), else the small-preset
+reproduction's default directory.
 Figures are written as self-contained HTML to ``MEMLENS_FIGURES`` (default experiments/figures).
 """
 
@@ -14,8 +15,14 @@ from pathlib import Path
 DEFAULT_RUNS = [f"runs/reproduce-small/{t}-small-s{s}" for t in ("fda", "thr") for s in range(3)]
 
 
+def _in_notebook() -> bool:
+    """True inside a Jupyter kernel, whose sys.argv holds the kernel's own arguments
+    (``-f /path/kernel-....json``), not run directories."""
+    return "ipykernel" in sys.modules
+
+
 def run_dirs() -> list[Path]:
-    args = [a for a in sys.argv[1:] if not a.startswith("-")]
+    args = [] if _in_notebook() else [a for a in sys.argv[1:] if not a.startswith("-")]
     if not args and os.environ.get("MEMLENS_RUNS"):
         args = os.environ["MEMLENS_RUNS"].split(",")
     dirs = [Path(a) for a in (args or DEFAULT_RUNS)]

@@ -6,13 +6,12 @@
 # where the logit lens reads the true answer and the noisy label on noisy examples, patching
 # effects, the intervention table and the encoding concentration.
 #
-#     .venv/bin/python experiments/analysis_summary.py RUN_DIR [RUN_DIR ...]
+#     .venv/bin/python experiments/analysis_summary.py [RUN_DIR ...]
 
 # %%
-import sys
-
 import pandas as pd
 
+from _common import run_dirs
 from memlens.analysis.registry import load_analysis
 
 pd.set_option("display.width", 200)
@@ -59,6 +58,5 @@ def summarize(run_dir: str) -> None:
 
 
 # %%
-if __name__ == "__main__":
-    for path in sys.argv[1:]:
-        summarize(path)
+for run_dir in run_dirs():
+    summarize(run_dir)

@@ -144,11 +144,17 @@ class ProbeResult(Result):
         accuracies of every group at that probe. Sites after ``site_limits[target]`` are not
         eligible: there the teacher-forced answer tokens already show the target."""
         f = self.frame
+        groups = sorted(f["group"].unique())
+        if select_group not in groups:
+            raise AnalysisError(f"select_group {select_group!r} is not an evaluated group: "
+                                f"the probes were evaluated on {groups}")
         rows = []
         for target, part in f.groupby("target", sort=False):
             sel = part[part["group"] == select_group]
             if target in self.site_limits:
                 sel = sel[sel["position"] <= self.site_limits[target]]
+            if sel.empty:  # every site of this target lies past its limit
+                continue
             top = sel.loc[sel["accuracy"].idxmax()]
             at = part[(part["point"] == top["point"]) & (part["position"] == top["position"])]
             row = {"target": target, "variable": top["variable"], "point": top["point"],

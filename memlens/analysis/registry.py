@@ -297,20 +297,29 @@ ANALYSES: dict[str, Callable] = {
 }
 
 
-def parse_only(only: str | None) -> list[str]:
-    """``"a,b"`` to a list of known analysis names; an unknown name lists the valid ones."""
+def parse_only(only: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """``"a,b"`` or ``["a", "b"]`` to a list of known analysis names (``None``: all); an
+    unknown name lists the valid ones.
+
+    >>> parse_only("probes, logit_lens"), parse_only(["circuits"])
+    (['probes', 'logit_lens'], ['circuits'])
+    """
     if not only:
         return list(ANALYSES)
-    names = [n.strip() for n in only.split(",") if n.strip()]
+    parts = only.split(",") if isinstance(only, str) else list(only)
+    names = [n.strip() for n in parts if isinstance(n, str) and n.strip()]
+    if len(names) != len(parts) and not isinstance(only, str):
+        raise AnalysisError(f"only must name analyses as strings, got {only!r}")
     unknown = [n for n in names if n not in ANALYSES]
     if unknown:
         raise AnalysisError(f"unknown analysis {unknown}; valid names: {sorted(ANALYSES)}")
     return names
 
 
-def analyze_run(run_dir: str | Path, only: str | None = None, log: Callable[[str], None] = print,
-                device: str = "auto") -> dict:
-    """Run the named analyses on a run directory; writes ``RUN/analysis/<name>.json`` each.
+def analyze_run(run_dir: str | Path, only: str | list[str] | None = None,
+                log: Callable[[str], None] = print, device: str = "auto") -> dict:
+    """Run the named analyses (``only``: ``"a,b"`` or a list; default all) on a run directory;
+    writes ``RUN/analysis/<name>.json`` each.
 
     ``device``: where the model runs (``auto``: CUDA when present).
     """

@@ -41,6 +41,8 @@ def test_probe_frame_on_model(fda_tiny):
     best = res.best()
     assert set(best["target"]) == set(f["target"])
     res.figure("carry[1]")
+    with pytest.raises(AnalysisError, match=r"select_group 'clean'.*\['clean_heldout', 'noisy'\]"):
+        res.best("clean")
 
 
 def test_bad_input(fda_tiny, thr_tiny):
