@@ -112,13 +112,18 @@ def _claims_html(rows: list[dict]) -> str:
     return f'<table class="claims">{head}{"".join(body)}</table>'
 
 
+def _anchor(run_dir: Path) -> str:
+    """The id of a run's section (``report.html#run-fda-small-s0`` opens it)."""
+    return "run-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in run_dir.name)
+
+
 def _run_section(run_dir: Path, figures: _Figures, attention: bool) -> str:
     from memlens.viz import figures as figs
 
     config = json.loads((run_dir / CONFIG).read_text())["run"]
     summary_path = run_dir / SUMMARY
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    parts = [f"<h2>{html.escape(run_dir.name)}</h2>",
+    parts = [f'<h2 id="{_anchor(run_dir)}">{html.escape(run_dir.name)}</h2>',
              f"<p>{config['task'].upper()} {config['preset']} preset, seed {config['seed']}; "
              f"{config['model']['n_layers']} layers, d_model {config['model']['d_model']}; "
              f"{config['train']['steps']} steps. Final: "
@@ -215,7 +220,9 @@ def write_report(run_dirs: list[str | Path], out: str | Path = "report.html",
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         "<title>memlens report</title>", f"<style>{STYLE}</style></head><body>",
         "<h1>memlens report</h1>",
-        f"<p>{len(dirs)} run(s): {html.escape(', '.join(d.name for d in dirs))}. Claims are "
+        f"<p>{len(dirs)} run(s): "
+        + ", ".join(f'<a href="#{_anchor(d)}">{html.escape(d.name)}</a>' for d in dirs)
+        + ". Claims are "
         "numbered as in the paper (Du et al. 2025, arXiv 2507.04782); thresholds in docs/claims.md.</p>",
         "<h2>Claims</h2>", _claims_html(claims),
         *sections, "</body></html>",

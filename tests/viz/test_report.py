@@ -23,6 +23,8 @@ def test_report_holds_every_analysis_claims_and_attention_offline(tiny_run, tmp_
     assert page.count("CircuitsVis.render(") == 2 * 1  # a clean and a noisy example, 1 layer
     assert "Missing analyses" not in page
     assert re.search(r"<td>1</td><td>fda</td>", page)  # the claims table
+    anchor = f"run-{tiny_run.name}"  # the contents link and the section it opens
+    assert f'<a href="#{anchor}">' in page and f'<h2 id="{anchor}">' in page
     # Self-contained: no script or stylesheet is fetched from anywhere.
     assert not re.search(r'<script[^>]+src="http', page)
     assert "unpkg.com" not in page
