@@ -23,6 +23,7 @@ def test_quickstart_runs(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir = tmp_path / "runs" / "quickstart-fda"
-    for name in ("dynamics.html", "attention.html", "neuron.html", "report.html"):
+    for name in ("dynamics.html", "attention.html", "neuron.html", "tokens.html", "report.html"):
         assert (run_dir / name).stat().st_size > 10_000, name
-    assert "unpkg.com" not in (run_dir / "attention.html").read_text()  # drawn offline
+    for name in ("attention.html", "tokens.html"):
+        assert "unpkg.com" not in (run_dir / name).read_text()  # drawn offline

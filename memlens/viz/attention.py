@@ -8,12 +8,15 @@ call ``render``.
 
 from __future__ import annotations
 
+import html
 import json
 import uuid
+from pathlib import Path
 
 import torch
 
 from memlens.analysis.common import model_device
+from memlens.io import atomic_write_text
 from memlens.tasks.base import Examples
 
 
@@ -27,6 +30,21 @@ def _bundle() -> str:
     return src[start:end]
 
 
+def bundle_script() -> str:
+    """A ``<script>`` that defines the circuitsvis components and publishes ``CircuitsVis`` on
+    ``window``; a page needs it once, before any :func:`render_view`."""
+    return '<script type="module">' + _bundle() + "\nwindow.CircuitsVis = CircuitsVis;\n</script>"
+
+
+def render_view(component: str, props: dict, title: str, css_class: str) -> str:
+    """One circuitsvis ``component`` (``AttentionPatterns``, ``TextNeuronActivations``...) with
+    ``props``, under a heading, drawn by the bundle that :func:`bundle_script` loaded."""
+    div = f"circuits-vis-{uuid.uuid4().hex[:12]}"
+    return (f'<div class="{css_class}"><h4>{html.escape(title)}</h4><div id="{div}"></div></div>'
+            f'<script type="module">window.CircuitsVis.render("{div}", '
+            f"window.CircuitsVis.{component}, {json.dumps(props)});</script>")
+
+
 def attention_views_html(views: list[tuple[str, list[str], torch.Tensor]], include_bundle: bool = True) -> str:
     """HTML for several attention views, ``(title, tokens, attention (heads, pos, pos))`` each,
     with the circuitsvis bundle inlined once (``include_bundle=False`` when the page already has
@@ -37,15 +55,28 @@ def attention_views_html(views: list[tuple[str, list[str], torch.Tensor]], inclu
     >>> html.count("CircuitsVis.render("), html.count("unpkg.com")
     (2, 0)
     """
-    parts = ['<script type="module">' + _bundle() + "\nwindow.CircuitsVis = CircuitsVis;\n</script>"] if include_bundle else []
+    parts = [bundle_script()] if include_bundle else []
     for title, tokens, attention in views:
-        div = f"circuits-vis-{uuid.uuid4().hex[:12]}"
-        props = json.dumps({"tokens": tokens, "attention": attention.float().tolist()})
-        parts.append(
-            f'<div class="attention-view"><h4>{title}</h4><div id="{div}"></div></div>'
-            f'<script type="module">window.CircuitsVis.render("{div}", '
-            f"window.CircuitsVis.AttentionPatterns, {props});</script>")
+        parts.append(render_view("AttentionPatterns", {"tokens": tokens, "attention": attention.float().tolist()},
+                                 title, "attention-view"))
     return "\n".join(parts)
+
+
+def write_views_page(body: str, path: str | Path, title: str = "memlens views") -> Path:
+    """A self-contained HTML page around view HTML (from :func:`attention_views_html` or
+    ``memlens.viz.neuron_views.token_neuron_views_html``), written atomically; opens offline.
+
+    >>> import tempfile
+    >>> views = [("clean", ["a", "b"], torch.ones(1, 2, 2) / 2)]
+    >>> page = write_views_page(attention_views_html(views), Path(tempfile.mkdtemp()) / "a.html")
+    >>> page.read_text().startswith("<!DOCTYPE html>")
+    True
+    """
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title></head><body>\n{body}\n</body></html>\n")
+    path = Path(path)
+    atomic_write_text(path, page)
+    return path
 
 
 @torch.no_grad()

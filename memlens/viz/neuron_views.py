@@ -1,4 +1,6 @@
-"""A neuron's activation over the input space, with the noisy examples marked (plotly).
+"""Neuron views: a neuron's activation over the input space, with the noisy examples marked
+(plotly, :func:`neuron_view`), and token-level activations of chosen neurons on chosen examples
+(circuitsvis, :func:`token_neuron_views_html`).
 
 FDA: a heatmap over the two operands (binned, mean activation of clean examples per cell) with
 the noisy examples drawn on top, coloured by their activation: a memorized label riding on a
@@ -11,10 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
+import torch
 
-from memlens.analysis.common import AnalysisError
+from memlens.analysis.common import AnalysisError, model_device
 from memlens.analysis.neurons import NeuronTable
 from memlens.tasks.base import Examples
+from memlens.viz.attention import bundle_script, render_view
 
 
 def neuron_view(table: NeuronTable, examples: Examples, layer: int, position: int, neuron: int,
@@ -67,3 +71,61 @@ def neuron_view(table: NeuronTable, examples: Examples, layer: int, position: in
                                 marker={"size": 6, "symbol": "x"})])
     fig.update_layout(title=title, xaxis_title=key.replace("_", " "), yaxis_title="activation", height=420)
     return fig
+
+
+@torch.no_grad()
+def token_activations(model, examples: Examples, layer: int, neurons: list[int]
+                      ) -> tuple[list[list[str]], torch.Tensor]:
+    """Each example's token strings and the activations ``(n, pos, len(neurons))`` of
+    ``neurons`` of layer ``layer``'s MLP (``mlp.hook_post``) at every token.
+
+    >>> from memlens.tasks import make_task
+    >>> from memlens.models import build_model, ModelConfig
+    >>> task = make_task("fda", preset="tiny")
+    >>> model = build_model(ModelConfig(n_layers=1, d_model=32, n_heads=2), task, seed=0)
+    >>> strings, acts = token_activations(model, task.generate(0).train[:2], 0, [3, 5])
+    >>> len(strings), tuple(acts.shape) == (2, task.seq_len, 2)
+    (2, True)
+    """
+    if not 0 <= layer < model.cfg.n_layers:
+        raise AnalysisError(f"layer={layer} out of range: the model has layers 0..{model.cfg.n_layers - 1}")
+    bad = [n for n in neurons if not 0 <= n < model.cfg.d_mlp]
+    if bad or not neurons:
+        raise AnalysisError(f"neurons {bad or neurons} out of range: layer {layer} has 0..{model.cfg.d_mlp - 1}")
+    if len(examples) == 0:
+        raise AnalysisError("no examples to show")
+    name = f"blocks.{layer}.mlp.hook_post"
+    _, cache = model.run_with_cache(examples.tokens.to(model_device(model)), return_type=None,
+                                    names_filter=lambda n: n == name)
+    acts = cache[name][..., list(neurons)].float().cpu()
+    return [list(model.to_str_tokens(t)) for t in examples.tokens], acts
+
+
+def token_neuron_views_html(model, groups: dict[str, Examples], layer: int, neurons: list[int],
+                            per_group: int = 3, include_bundle: bool = True) -> str:
+    """Token-level activation views (circuitsvis ``TextNeuronActivations``, bundle inlined: works
+    offline): per group, its first ``per_group`` examples with every token coloured by the
+    activation of one of ``neurons`` (a selector picks the neuron and the example).
+
+    >>> from memlens.tasks import make_task
+    >>> from memlens.models import build_model, ModelConfig
+    >>> task = make_task("fda", preset="tiny")
+    >>> model = build_model(ModelConfig(n_layers=1, d_model=32, n_heads=2), task, seed=0)
+    >>> s = task.generate(0).splits
+    >>> html = token_neuron_views_html(model, {"clean": s["train_clean"], "noisy": s["train_noisy"]}, 0, [1, 2])
+    >>> html.count("CircuitsVis.TextNeuronActivations"), html.count("unpkg.com")
+    (2, 0)
+    """
+    parts = [bundle_script()] if include_bundle else []
+    for group, examples in groups.items():
+        if len(examples) == 0:
+            continue
+        shown = examples[:per_group]
+        strings, acts = token_activations(model, shown, layer, neurons)
+        props = {"tokens": strings,
+                 "activations": [a[:, None, :].tolist() for a in acts],  # [tokens x layers x neurons]
+                 "firstDimensionName": "Layer", "secondDimensionName": "Neuron",
+                 "firstDimensionLabels": [str(layer)], "secondDimensionLabels": [str(n) for n in neurons]}
+        parts.append(render_view("TextNeuronActivations", props,
+                                 f"{group}: {len(shown)} example(s), layer {layer}", "token-view"))
+    return "\n".join(parts)

@@ -56,6 +56,10 @@ CAPTIONS = {
     "neuron_view": "The neuron that shifts most on noisy examples (best heuristic: {feature}; mean "
                    "|z| {z:.2f} on noisy examples), over the inputs: cells are clean examples' mean "
                    "activation, points are noisy examples coloured by their activation.",
+    "token_neurons": "Every token of three clean and three noisy training examples coloured by the "
+                     "activation of layer {layer}'s neurons {neurons} (the ones that shift most on "
+                     "noisy examples; pick one in the selector): look at the answer positions, where "
+                     "noisy examples should differ from clean ones.",
     "attention": "Attention patterns of one clean and one noisy training example per layer (hover "
                  "a head to see where each position attends).",
 }
@@ -68,7 +72,7 @@ table { border-collapse: collapse; font-size: 0.85em; } td, th { padding: 3px 8p
 .holds { color: #116611; font-weight: bold; } .does-not-hold { color: #aa1111; font-weight: bold; }
 .not-measured { color: #886600; font-weight: bold; }
 .missing { background: #fff6e0; padding: 0.6em 1em; border-left: 4px solid #e0a000; }
-.views { display: flex; flex-wrap: wrap; gap: 1em; } .attention-view { flex: 1 1 45%; min-width: 380px; }
+.views { display: flex; flex-wrap: wrap; gap: 1em; } .attention-view, .token-view { flex: 1 1 45%; min-width: 380px; }
 """
 
 
@@ -169,13 +173,14 @@ def _run_section(run_dir: Path, figures: _Figures, attention: bool) -> str:
 
 
 def _model_sections(run_dir: Path, figures: _Figures) -> str:
-    """The views that need the trained model: attention patterns, and the operand-grid view of
-    the neuron that shifts most on noisy examples."""
+    """The views that need the trained model: attention patterns, the operand-grid view of the
+    neuron that shifts most on noisy examples, and token-level activations of the most shifted
+    neurons of its layer."""
     from memlens.analysis.neurons import neuron_table
     from memlens.analysis.registry import neuron_examples
     from memlens.training.run import load_run
     from memlens.viz.attention import attention_views_html, clean_and_noisy_views
-    from memlens.viz.neuron_views import neuron_view
+    from memlens.viz.neuron_views import neuron_view, token_neuron_views_html
 
     run = load_run(run_dir)
     views = clean_and_noisy_views(run.model, run.splits)
@@ -195,6 +200,13 @@ def _model_sections(run_dir: Path, figures: _Figures) -> str:
     html_parts += ["<h3>neuron view</h3>",
                    figures.div(neuron_view(table, examples, layer, position, neuron)),
                    f'<p class="caption">{html.escape(caption)}</p>']
+    # The neurons of that layer that shift most, token by token, on a few clean and noisy examples.
+    shifted = frame[frame["layer"] == layer].sort_values("noisy_abs_z", ascending=False)
+    neurons = list(dict.fromkeys(int(n) for n in shifted["neuron"]))[:5]
+    groups = {"clean": examples[~examples.is_noisy], "noisy": examples[examples.is_noisy]}
+    html_parts += ["<h3>token-level neuron activations</h3>", '<div class="views">'
+                   + token_neuron_views_html(run.model, groups, layer, neurons, include_bundle=False) + "</div>",
+                   f'<p class="caption">{CAPTIONS["token_neurons"].format(layer=layer, neurons=neurons)}</p>']
     return "\n".join(html_parts)
 
 

@@ -56,3 +56,26 @@ def test_neuron_view_marks_noisy_examples_over_the_operand_grid():
     assert z[0][0] == 0 and z[0][-1] == 1  # a range neuron on operand 0 (the x axis)
     with pytest.raises(AnalysisError, match="neuron 3 is out of range"):
         neuron_view(NeuronTable(acts, [1], [7], ex.is_noisy), ex, 1, 7, 3)
+
+
+def test_token_activations_agree_with_the_neuron_table_and_refuse_bad_neurons():
+    import torch
+
+    from memlens.analysis import AnalysisError
+    from memlens.analysis.neurons import neuron_table
+    from memlens.models import ModelConfig, build_model
+    from memlens.tasks import make_task
+    from memlens.viz.neuron_views import token_activations, token_neuron_views_html
+
+    task = make_task("fda", preset="tiny")
+    model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=2), task, seed=0).eval()
+    ex = task.generate(0).train[:20]
+    strings, acts = token_activations(model, ex, 1, [4, 9])
+    assert strings[0][0] == "<bos>" and len(strings[0]) == ex.tokens.shape[1]
+    table = neuron_table(model, ex, layers=[1])  # the answer-predicting positions only
+    at_answer = acts[:, table.positions, :]
+    assert torch.allclose(at_answer, table.acts[:, 0, :, :][..., [4, 9]], atol=1e-5)
+    with pytest.raises(AnalysisError, match=r"neurons \[128\] out of range"):
+        token_activations(model, ex, 1, [4, 128])
+    with pytest.raises(AnalysisError, match="layer=2 out of range"):
+        token_neuron_views_html(model, {"clean": ex}, 2, [0])

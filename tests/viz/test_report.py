@@ -19,8 +19,9 @@ def test_report_holds_every_analysis_claims_and_attention_offline(tiny_run, tmp_
     page = out.read_text()
     # dynamics, logit lens, probes, patching, encoding, neurons, circuits, neuron view
     assert page.count('class="plotly-graph-div"') == 8
-    assert page.count("<h3>") == 9 and "interventions" in page
-    assert page.count("CircuitsVis.render(") == 2 * 1  # a clean and a noisy example, 1 layer
+    assert page.count("<h3>") == 10 and "interventions" in page  # 7 analyses, 3 model views
+    assert page.count("CircuitsVis.AttentionPatterns,") == 2 * 1  # a clean and a noisy example, 1 layer
+    assert page.count("CircuitsVis.TextNeuronActivations,") == 2  # token-level neuron views, clean and noisy
     assert "Missing analyses" not in page
     assert re.search(r"<td>1</td><td>fda</td>", page)  # the claims table
     anchor = f"run-{tiny_run.name}"  # the contents link and the section it opens
@@ -58,19 +59,49 @@ def chromium() -> str | None:
     return None
 
 
-@pytest.mark.skipif(chromium() is None, reason="no Chromium on this machine (.ci/run installs it)")
-def test_headless_chromium_draws_the_report_offline(tiny_run, tmp_path):
-    out = write_report([tiny_run], tmp_path / "report.html")
-    profile = tmp_path / "profile"
+def dump_dom(page: Path, tmp_path: Path) -> str:
+    """The DOM after headless Chromium ran the page's scripts, with every proxy pointing nowhere."""
+    profile = tmp_path / f"profile-{page.stem}"
     cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}",
-           "--virtual-time-budget=10000", "--dump-dom", Path(out).resolve().as_uri()]
+           "--virtual-time-budget=10000", "--dump-dom", Path(page).resolve().as_uri()]
     env = {**os.environ, "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
-    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env).stdout
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env).stdout
+
+
+def drawn_views(dom: str) -> list[str]:
+    """The inner HTML of each circuitsvis view div (empty until its script ran)."""
+    return re.findall(r'<div id="circuits-vis-[0-9a-f]+">(.*?)</div></div>', dom, flags=re.S)
+
+
+@pytest.mark.skipif(chromium() is None, reason="no Chromium on this machine (.ci/run installs it)")
+def test_headless_chromium_draws_the_report_offline(tiny_run, tmp_path):
+    dom = dump_dom(write_report([tiny_run], tmp_path / "report.html"), tmp_path)
     # plotly drew its figures: each graph div holds an <svg class="main-svg"> with traces.
     assert dom.count('class="main-svg"') >= 8
     assert dom.count('class="scatterlayer') >= 3 or dom.count("trace scatter") >= 3
-    # circuitsvis drew the attention views: their divs are no longer empty.
-    views = re.findall(r'<div id="circuits-vis-[0-9a-f]+">(.*?)</div></div>', dom, flags=re.S)
-    assert len(views) == 2
+    # circuitsvis drew the attention and token-level neuron views: their divs are no longer empty.
+    views = drawn_views(dom)
+    assert len(views) == 4
     assert all(len(v) > 500 for v in views), [len(v) for v in views]
+
+
+@pytest.mark.skipif(chromium() is None, reason="no Chromium on this machine (.ci/run installs it)")
+def test_headless_chromium_draws_standalone_views_offline(tiny_run, tmp_path):
+    from memlens.training.run import load_run
+    from memlens.viz.attention import attention_views_html, clean_and_noisy_views, write_views_page
+    from memlens.viz.neuron_views import token_neuron_views_html
+
+    run = load_run(tiny_run)
+    groups = {"clean": run.splits["train_clean"], "noisy": run.splits["train_noisy"]}
+    attention = write_views_page(attention_views_html(clean_and_noisy_views(run.model, run.splits)),
+                                 tmp_path / "attention.html")
+    tokens = write_views_page(token_neuron_views_html(run.model, groups, 0, [0, 1, 2]), tmp_path / "tokens.html")
+    for page, n_views in ((attention, 2), (tokens, 2)):
+        views = drawn_views(dump_dom(page, tmp_path))
+        assert len(views) == n_views, page
+        assert all(len(v) > 500 for v in views), (page, [len(v) for v in views])
+    # The empty page the browser starts from: an undrawn view stays empty (the check can fail).
+    blank = write_views_page('<div class="x"><h4>t</h4><div id="circuits-vis-0123456789ab"></div></div>',
+                             tmp_path / "blank.html")
+    assert [len(v) for v in drawn_views(dump_dom(blank, tmp_path))] == [0]
