@@ -43,6 +43,19 @@ def test_never_memorized_is_not_measured(tmp_path):
     assert row["verdict"] == "not measured" and "never reached 0.5" in row["why"]
 
 
+def test_claims_about_memorized_examples_need_a_model_that_memorized_and_generalized(tmp_path):
+    run, summary = fake_run(tmp_path, "fda-s0", None, 250, 0.1, 0.9)  # never memorized
+    rows = {r["claim"]: r for r in score({"fda": [run]}, {run: summary})}
+    assert rows[5]["verdict"] == "not measured"
+    assert "did not memorize the noise (final noisy recall 0.100 < 0.5)" in rows[5]["why"]
+    summary["final_metrics"].update(noisy_memorized_acc=0.95, test_acc=0.4)
+    rows = {r["claim"]: r for r in score({"fda": [run]}, {run: summary})}
+    assert rows[5]["verdict"] == "not measured" and "did not generalize" in rows[5]["why"]
+    summary["final_metrics"]["test_acc"] = 0.95
+    rows = {r["claim"]: r for r in score({"fda": [run]}, {run: summary})}
+    assert rows[5]["verdict"] == "holds" and rows[5]["per_seed"] == [0.9]
+
+
 def test_ci95():
     low, high = ci95([1.0, 2.0, 3.0])
     assert low == pytest.approx(2 - 4.303 / 3**0.5) and high == pytest.approx(2 + 4.303 / 3**0.5)
