@@ -18,6 +18,7 @@ import numpy as np
 
 from memlens.analysis.common import AnalysisError
 from memlens.analysis.registry import load_analysis
+from memlens.config import ConfigError
 
 T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -156,6 +157,22 @@ def claim7(run_dir: Path, summary: dict) -> float:
 STATISTICS: dict[int, Callable[[Path, dict], float]] = {
     1: claim1, 2: claim2, 3: claim3, 4: claim4, 5: claim5, 6: claim6, 7: claim7,
 }
+
+
+def parse_claims(only: str | None) -> list[int]:
+    """``"1,3,7"`` to claim numbers (``None`` or empty: all); an unknown one names the valid ones.
+
+    >>> parse_claims("7, 3"), parse_claims(None)
+    ([3, 7], [1, 2, 3, 4, 5, 6, 7])
+    """
+    if not only or not only.strip():
+        return sorted(CLAIMS)
+    parts = [p.strip() for p in only.split(",") if p.strip()]
+    bad = [p for p in parts if not p.isdigit() or int(p) not in CLAIMS]
+    if bad:
+        raise ConfigError(f"unknown claim {', '.join(map(repr, bad))}: the claims are "
+                          f"{', '.join(map(str, sorted(CLAIMS)))} (numbered as in PAPER.md)")
+    return sorted({int(p) for p in parts})
 
 
 def ci95(values: list[float]) -> list[float]:

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from memlens.claims import CLAIMS, ci95, score, to_markdown
+from memlens.cli import main
 
 
 def fake_run(tmp_path, name, mem_step, test_step, final_mem, entropy):
@@ -60,3 +61,17 @@ def test_ci95():
     low, high = ci95([1.0, 2.0, 3.0])
     assert low == pytest.approx(2 - 4.303 / 3**0.5) and high == pytest.approx(2 + 4.303 / 3**0.5)
     assert all(c.number == n for n, c in CLAIMS.items())
+
+
+def test_claims_command_scores_run_directories_and_refuses_unknown_claims(tiny_run, tmp_path, capsys):
+    assert main(["claims", str(tiny_run), "--only", "9,2", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown claim '9': the claims are 1, 2, 3, 4, 5, 6, 7" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before any work
+    assert main(["claims", str(tmp_path), "--only", "1"]) == 2
+    assert "not memlens run directories" in capsys.readouterr().err
+    assert main(["claims", str(tiny_run), "--only", "2,5", "--out", str(tmp_path / "out")]) == 0
+    rows = json.loads((tmp_path / "out" / "claims.json").read_text())
+    assert [(r["claim"], r["task"]) for r in rows] == [(2, "fda"), (5, "fda")]
+    # 60 steps of the tiny preset learn nothing: claim 2 fails, claim 5 has nothing to be about.
+    assert [r["verdict"] for r in rows] == ["does not hold", "not measured"]
+    assert "| 2 | fda |" in (tmp_path / "out" / "claims.md").read_text()
