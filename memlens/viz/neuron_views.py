@@ -89,9 +89,11 @@ def token_activations(model, examples: Examples, layer: int, neurons: list[int]
     """
     if not 0 <= layer < model.cfg.n_layers:
         raise AnalysisError(f"layer={layer} out of range: the model has layers 0..{model.cfg.n_layers - 1}")
+    if not neurons:
+        raise AnalysisError("no neurons given: pass neuron indices of the layer's MLP")
     bad = [n for n in neurons if not 0 <= n < model.cfg.d_mlp]
-    if bad or not neurons:
-        raise AnalysisError(f"neurons {bad or neurons} out of range: layer {layer} has 0..{model.cfg.d_mlp - 1}")
+    if bad:
+        raise AnalysisError(f"neurons {bad} out of range: layer {layer} has 0..{model.cfg.d_mlp - 1}")
     if len(examples) == 0:
         raise AnalysisError("no examples to show")
     name = f"blocks.{layer}.mlp.hook_post"

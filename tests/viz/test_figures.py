@@ -77,5 +77,7 @@ def test_token_activations_agree_with_the_neuron_table_and_refuse_bad_neurons():
     assert torch.allclose(at_answer, table.acts[:, 0, :, :][..., [4, 9]], atol=1e-5)
     with pytest.raises(AnalysisError, match=r"neurons \[128\] out of range"):
         token_activations(model, ex, 1, [4, 128])
+    with pytest.raises(AnalysisError, match="no neurons given"):
+        token_activations(model, ex, 1, [])
     with pytest.raises(AnalysisError, match="layer=2 out of range"):
         token_neuron_views_html(model, {"clean": ex}, 2, [0])
