@@ -41,6 +41,18 @@ resid_post_tl = partial(tl_patching.generic_activation_patch,
                         activation_name="resid_post", index_axis_names=("layer", "pos"))
 
 
+def patched_and_tl(model, clean, corrupted_tokens, kind, tl_fn, chunk_size):
+    """memlens' patch_grid and TransformerLens' patching function on the same inputs and metric,
+    asserted equal to 1e-5; returns (memlens grid, metric)."""
+    metric = label_logprob_metric(clean)
+    _, cache = model.run_with_cache(clean.tokens)
+    want = tl_fn(model, corrupted_tokens, cache, metric)
+    got = patch_grid(model, clean.tokens, corrupted_tokens, metric, hook=kind, chunk_size=chunk_size)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want.cpu(), atol=1e-5, rtol=0)
+    return got, metric
+
+
 @pytest.mark.parametrize("kind,tl_fn", [
     ("resid_pre", tl_patching.get_act_patch_resid_pre),
     ("resid_mid", tl_patching.get_act_patch_resid_mid),
@@ -51,12 +63,7 @@ resid_post_tl = partial(tl_patching.generic_activation_patch,
 ])
 def test_equals_transformer_lens(pair, kind, tl_fn):
     model, clean, corrupted = pair
-    metric = label_logprob_metric(clean)
-    _, cache = model.run_with_cache(clean.tokens)
-    want = tl_fn(model, corrupted.tokens, cache, metric)
-    got = patch_grid(model, clean.tokens, corrupted.tokens, metric, hook=kind, chunk_size=64)
-    assert got.shape == want.shape
-    torch.testing.assert_close(got, want.cpu(), atol=1e-5, rtol=0)
+    patched_and_tl(model, clean, corrupted.tokens, kind, tl_fn, chunk_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +87,7 @@ def near_pair(fda_tiny):
 ])
 def test_equals_transformer_lens_when_most_activations_are_equal(near_pair, kind, tl_fn):
     model, clean, corrupted = near_pair
-    metric = label_logprob_metric(clean)
-    _, cache = model.run_with_cache(clean.tokens)
-    want = tl_fn(model, corrupted, cache, metric)
-    got = patch_grid(model, clean.tokens, corrupted, metric, hook=kind, chunk_size=8)
-    torch.testing.assert_close(got, want.cpu(), atol=1e-5, rtol=0)
+    got, metric = patched_and_tl(model, clean, corrupted, kind, tl_fn, chunk_size=8)
     # Positions before the changed digit cannot move at layer 0: exactly the unpatched value.
     with torch.no_grad():
         base = metric(model(corrupted))
