@@ -37,3 +37,15 @@ def figure_dir() -> Path:
     out = Path(os.environ.get("MEMLENS_FIGURES", Path(__file__).resolve().parent / "figures"))
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def analysis_figure(run_dir: Path, name: str, title: str) -> dict:
+    """Load ``RUN/analysis/<name>.json``, save its figure (``memlens.viz.figures.<name>``) as
+    ``<figure_dir>/<name>-<run>.html`` (underscores as hyphens), and return the loaded data."""
+    from memlens.analysis.registry import load_analysis
+    from memlens.viz import figures
+
+    data = load_analysis(run_dir, name)
+    figure = getattr(figures, name)(data, title=f"{title}, {run_dir.name}")
+    figures.save(figure, figure_dir() / f"{name.replace('_', '-')}-{run_dir.name}", png=False)
+    return data

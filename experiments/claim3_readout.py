@@ -10,17 +10,12 @@
 # %%
 import pandas as pd
 
-from _common import figure_dir, run_dirs
-from memlens.analysis.registry import load_analysis
-from memlens.viz import figures
+from _common import analysis_figure, run_dirs
 
 pd.set_option("display.width", 200)
 for run_dir in run_dirs():
-    lens, probes = load_analysis(run_dir, "logit_lens"), load_analysis(run_dir, "probes")
-    figures.save(figures.logit_lens(lens, title=f"Logit lens, {run_dir.name}"),
-                 figure_dir() / f"logit-lens-{run_dir.name}", png=False)
-    figures.save(figures.probes(probes, title=f"Probes, {run_dir.name}"),
-                 figure_dir() / f"probes-{run_dir.name}", png=False)
+    lens = analysis_figure(run_dir, "logit_lens", "Logit lens")
+    probes = analysis_figure(run_dir, "probes", "Probes")
     best = pd.DataFrame(probes["summary"]["best"])
     cols = [c for c in ("target", "point", "position", "clean_heldout_acc", "noisy_acc",
                         "clean_heldout_majority", "noisy_shuffled") if c in best]

@@ -11,14 +11,12 @@
 import pandas as pd
 
 import memlens
-from _common import figure_dir, run_dirs
+from _common import analysis_figure, run_dirs
 from memlens.analysis.registry import load_analysis, mixed_examples
-from memlens.viz import figures
 
 pd.set_option("display.width", 200)
 for run_dir in run_dirs():
-    figures.save(figures.patching(load_analysis(run_dir, "patching"), title=f"Patching, {run_dir.name}"),
-                 figure_dir() / f"patching-{run_dir.name}", png=False)
+    analysis_figure(run_dir, "patching", "Patching")
     table = pd.DataFrame(load_analysis(run_dir, "interventions")["frame"])
     cols = [c for c in ("item", "intervention", "rank", "noisy_memorized_acc", "train_clean_acc",
                         "test_acc") if c in table]

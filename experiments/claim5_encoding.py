@@ -10,16 +10,11 @@
 # %%
 import pandas as pd
 
-from _common import figure_dir, run_dirs
-from memlens.analysis.registry import load_analysis
-from memlens.viz import figures
+from _common import analysis_figure, run_dirs
 
 rows = []
 for run_dir in run_dirs():
-    data = load_analysis(run_dir, "encoding")
-    figures.save(figures.encoding(data, title=f"Encoding, {run_dir.name}"),
-                 figure_dir() / f"encoding-{run_dir.name}", png=False)
-    s = data["summary"]
+    s = analysis_figure(run_dir, "encoding", "Encoding")["summary"]
     for group in ("clean", "noisy"):
         if group in s:
             rows.append({"run": run_dir.name, "group": group, "entropy": s[group]["mean_entropy"],

@@ -11,16 +11,11 @@
 # %%
 import pandas as pd
 
-from _common import figure_dir, run_dirs
-from memlens.analysis.registry import load_analysis
-from memlens.viz import figures
+from _common import analysis_figure, run_dirs
 
 pd.set_option("display.width", 200)
 for run_dir in run_dirs():
-    data = load_analysis(run_dir, "neurons")
-    s = data["summary"]
-    figures.save(figures.neurons(data, title=f"Neuron outliers, {run_dir.name}"),
-                 figure_dir() / f"neurons-{run_dir.name}", png=False)
+    s = analysis_figure(run_dir, "neurons", "Neuron outliers")["summary"]
     print(f"== {run_dir.name}: layer {s['layers']}, {s['heuristics']['n_heuristic']} of "
           f"{s['heuristics']['n_neurons']} neuron-positions are heuristic")
     print(pd.DataFrame(s["heuristics"]["counts"]).T.to_string())

@@ -10,17 +10,12 @@
 # %%
 import pandas as pd
 
-from _common import figure_dir, run_dirs
-from memlens.analysis.registry import load_analysis
-from memlens.viz import figures
+from _common import analysis_figure, run_dirs
 
 pd.set_option("display.width", 200)
 rows = []
 for run_dir in run_dirs():
-    data = load_analysis(run_dir, "circuits")
-    figures.save(figures.circuits(data, title=f"Circuits, {run_dir.name}"),
-                 figure_dir() / f"circuits-{run_dir.name}", png=False)
-    s = data["summary"]
+    s = analysis_figure(run_dir, "circuits", "Circuits")["summary"]
     rows.append({"run": run_dir.name, **s["overlap"],
                  "clean_faithfulness": s["clean"]["faithfulness"], "noisy_faithfulness": s["noisy"]["faithfulness"]})
     print(f"== {run_dir.name}: top noisy-circuit edges")
