@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import TABLE_HEADER, command_line, compare, peak_memory_mb, report_peak_of, write_doc, write_json  # noqa: E402
 
 from memlens import load_run, neuron_table  # noqa: E402
-from memlens.analysis.registry import subset  # noqa: E402
+from memlens.analysis.selection import subset  # noqa: E402
 
 
 def main() -> None:

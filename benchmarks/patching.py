@@ -27,7 +27,7 @@ from common import (  # noqa: E402
 )
 
 from memlens import load_run, make_counterfactuals, patch_grid  # noqa: E402
-from memlens.analysis.registry import subset  # noqa: E402
+from memlens.analysis.selection import subset  # noqa: E402
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from memlens.analysis.common import cached_activations  # noqa: E402
 from memlens.analysis.probes import (  # noqa: E402
     fit_probes, fit_softmax_probes, predict_probes, probe_points, probe_targets,
 )
-from memlens.analysis.registry import probe_groups, subset  # noqa: E402
+from memlens.analysis.runner import probe_groups, subset  # noqa: E402
 
 
 def features(run, examples):

@@ -42,7 +42,7 @@ def figure_dir() -> Path:
 def analysis_figure(run_dir: Path, name: str, title: str) -> dict:
     """Load ``RUN/analysis/<name>.json``, save its figure (``memlens.viz.figures.<name>``) as
     ``<figure_dir>/<name>-<run>.html`` (underscores as hyphens), and return the loaded data."""
-    from memlens.analysis.registry import load_analysis
+    from memlens.analysis.runner import load_analysis
     from memlens.viz import figures
 
     data = load_analysis(run_dir, name)

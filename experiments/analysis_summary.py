@@ -12,7 +12,7 @@
 import pandas as pd
 
 from _common import run_dirs
-from memlens.analysis.registry import load_analysis
+from memlens.analysis.runner import load_analysis
 
 pd.set_option("display.width", 200)
 pd.set_option("display.max_columns", 20)

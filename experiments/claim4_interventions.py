@@ -12,7 +12,7 @@ import pandas as pd
 
 import memlens
 from _common import analysis_figure, run_dirs
-from memlens.analysis.registry import load_analysis, mixed_examples
+from memlens.analysis.runner import load_analysis, mixed_examples
 
 pd.set_option("display.width", 200)
 for run_dir in run_dirs():

@@ -93,12 +93,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from memlens.analysis.common import AnalysisError
-    from memlens.analysis.registry import analyze_run, parse_only
+    from memlens.analysis.runner import analyze_run, parse_only
     from memlens.training.run import RunDirError
 
     try:
         parse_only(args.only)  # refuse an unknown name before loading anything
-        analyze_run(args.run_dir, args.only, device=args.device)
+        analyze_run(args.run_dir, args.only, device=args.device, baseline=args.baseline)
     except (AnalysisError, RunDirError) as err:
         print(f"memlens analyze: error: {err}", file=sys.stderr)
         return 2
@@ -132,7 +132,7 @@ def _cmd_claims(args: argparse.Namespace) -> int:
     except RunDirError as err:
         print(f"memlens claims: error: {err}", file=sys.stderr)
         return 2
-    rows = [r for r in score_run_dirs(dirs) if r["claim"] in numbers]
+    rows = score_run_dirs(dirs, only=numbers)
     table = to_markdown(rows)
     print(table)
     if args.out:
@@ -151,7 +151,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     try:
         result = reproduce(preset=args.preset, seeds=args.seeds, out=args.out, jobs=args.jobs,
-                           device=args.device, tasks=tasks, sets=args.sets)
+                           device=args.device, tasks=tasks, sets=args.sets,
+                           baselines=args.baselines, reference=not args.no_reference)
     except RunDirError as err:
         print(f"memlens reproduce: error: {err}", file=sys.stderr)
         return 2
@@ -187,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a directory written by `memlens train`")
     p.add_argument("--only", default=None, metavar="NAME,...", help="analyses to run (default: all)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--baseline", default=None, metavar="CLEAN_RUN_DIR",
+                   help="the paired noise-free run (behaviour compares test accuracy with it)")
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("report", help="write one self-contained HTML page from run directories")
@@ -195,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("claims", help="score the paper's claims on existing run directories "
-                                      "(seeds of a task together)")
+                                      "(seeds of a task together; a pure-memorizer reference "
+                                      "run among them is used as the reference)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--only", default=None, metavar="N,...", help="claim numbers, 1-7 (default: all)")
     p.add_argument("--out", default=None, help="also write claims.json and claims.md to this directory")
@@ -209,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (processes)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--tasks", default="fda,thr", help="comma-separated tasks (default fda,thr)")
+    p.add_argument("--baselines", type=int, default=None,
+                   help="noise-free baseline seeds per task (default: min(seeds, 3))")
+    p.add_argument("--no-reference", action="store_true",
+                   help="do not train the pure-memorizer reference")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a config field in every run (repeatable)")
     p.set_defaults(func=_cmd_reproduce)

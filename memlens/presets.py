@@ -23,11 +23,17 @@ DEFAULT_PRESET = "small"
 
 @dataclass(frozen=True)
 class Preset:
-    """Plain dicts of field overrides for the task, model and training configs."""
+    """Plain dicts of field overrides for the task, model and training configs.
+
+    ``reference``: ``{"section.field": value}`` overrides, on top of the task's own
+    (``TaskBase.reference_overrides``: every label random), for the pure-memorizer reference,
+    e.g. a smaller training set so that it memorizes within the preset's budget.
+    """
 
     task: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    reference: dict[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, overrides: dict[str, Any]) -> "Preset":
         """Apply ``{"section.field": value}`` overrides (section: task, model or train).

@@ -1,12 +1,18 @@
-"""``memlens reproduce``: train both tasks for each seed, analyze, report, score the claims.
+"""``memlens reproduce``: train every run of the study, analyze them, report, score the claims.
 
-Each (task, seed) is one job: ``memlens train`` (resumed when a run was interrupted, skipped
-when it finished), then ``memlens analyze --only`` the analyses it lacks. Jobs run as fresh
-processes, ``--jobs`` at a time, each with its share of the cores; their output goes to
-``OUT/logs/<job>.log``. Finished runs are reused and never overwritten: a finished run whose
-configuration differs from the one asked for stops everything before any work. At the end the
-claims scorecard (``claims.json``, ``claims.md``, see memlens/claims.py) and ``report.html`` are
-written from whatever the runs hold, and ``reproduce.json`` records the timings.
+The study, per task: ``--seeds`` runs with the preset's noise, noise-free **baselines** (noise
+rate 0, seeds 0..``--baselines``-1, paired with the runs of the same seed: claim 2) and one
+**pure-memorizer reference** (every label random: the model built to contradict claims 1, 4, 5;
+``Preset.reference`` may shrink its training set so that it memorizes within the budget).
+
+Phase 1 trains every run (``memlens train``, resumed when a run was interrupted, skipped when it
+finished); phase 2 analyzes them (``memlens analyze --only`` what each lacks; runs with a paired
+baseline get ``--baseline``). Each step is a fresh process, ``--jobs`` at a time, each with its
+share of the cores; output goes to ``OUT/logs/<run>.log``. Finished runs are reused and never
+overwritten: a finished run whose configuration differs from the one asked for stops everything
+before any work. At the end the claims scorecard (``claims.json``, ``claims.md``, see
+memlens/claims.py) and ``report.html`` are written from whatever the runs hold, and
+``reproduce.json`` records the timings.
 """
 
 from __future__ import annotations
@@ -17,20 +23,21 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from memlens.analysis.registry import ANALYSES, ANALYSIS_DIR
-from memlens.claims import score, to_markdown
+from memlens.analysis.runner import ANALYSES, ANALYSIS_DIR, REFERENCE_ANALYSES
+from memlens.claims import claim_verdicts, score, to_markdown
 from memlens.config import ConfigError, require_int
 from memlens.io import atomic_write_json, atomic_write_text
-from memlens.presets import PRESET_NAMES
-from memlens.tasks import TASKS
+from memlens.presets import PRESET_NAMES, get_preset
+from memlens.tasks import TASKS, make_task
 from memlens.training import make_run_config
 from memlens.training.config import RunConfig
 from memlens.training.run import CONFIG, FINAL, SUMMARY, RunDirError
 
+ROLES = ("run", "baseline", "reference")
 DEFAULT_TASKS = ("fda", "thr")
 
 
@@ -40,10 +47,29 @@ class Job:
     seed: int
     run_dir: Path
     config: RunConfig
+    role: str = "run"
+    sets: tuple[str, ...] = field(default=())  # the --set overrides that make this run's config
 
     @property
     def name(self) -> str:
         return self.run_dir.name
+
+
+def role_of(config: dict) -> str:
+    """``baseline`` (noise rate 0), ``reference`` (noise rate 1: every label random) or ``run``,
+    from a run's stored task config."""
+    rate = config.get("noise_rate")
+    return "baseline" if rate == 0 else "reference" if rate == 1 else "run"
+
+
+def role_overrides(task: str, preset: str, role: str) -> dict:
+    """The ``section.field`` overrides that turn the preset into a baseline or a reference."""
+    if role == "baseline":
+        return {"task.noise_rate": 0.0}
+    if role == "reference":
+        own = {f"task.{k}": v for k, v in make_task(task, preset).reference_overrides().items()}
+        return {**own, **get_preset(task, preset).reference}
+    return {}
 
 
 def run_state(run_dir: Path) -> str:
@@ -68,33 +94,39 @@ def missing_analyses(run_dir: Path) -> list[str]:
     return missing
 
 
-def plan(preset: str, seeds: int, out: Path, tasks=DEFAULT_TASKS,
-         overrides: dict | None = None) -> list[Job]:
+def plan(preset: str, seeds: int, out: Path, tasks=DEFAULT_TASKS, overrides: dict | None = None,
+         baselines: int = 0, reference: bool = False) -> list[Job]:
     """The jobs, validated before any work: names, counts, overrides and existing runs.
 
     >>> import tempfile
-    >>> [j.name for j in plan("tiny", 2, Path(tempfile.mkdtemp()), tasks=("fda",))]
-    ['fda-tiny-s0', 'fda-tiny-s1']
+    >>> [j.name for j in plan("tiny", 2, Path(tempfile.mkdtemp()), tasks=("fda",), baselines=1,
+    ...                       reference=True)]
+    ['fda-tiny-s0', 'fda-tiny-s1', 'fda-tiny-clean-s0', 'fda-tiny-memorizer-s0']
     """
     if preset not in PRESET_NAMES:
         raise ConfigError(f"preset={preset!r} is invalid: expected one of {list(PRESET_NAMES)}")
     require_int(seeds, "seeds", 1)
+    require_int(baselines, "baselines", 0, seeds)
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise ConfigError(f"tasks={list(tasks)!r} is invalid: expected some of {sorted(TASKS)}")
     jobs = []
     for task in tasks:
-        for seed in range(seeds):
-            config = make_run_config(task, preset, seed, dict(overrides or {}))
-            run_dir = out / f"{task}-{preset}-s{seed}"
+        wanted = [("run", s, f"{task}-{preset}-s{s}") for s in range(seeds)]
+        wanted += [("baseline", s, f"{task}-{preset}-clean-s{s}") for s in range(baselines)]
+        wanted += [("reference", 0, f"{task}-{preset}-memorizer-s0")] if reference else []
+        for role, seed, name in wanted:
+            extra = role_overrides(task, preset, role)
+            config = make_run_config(task, preset, seed, {**dict(overrides or {}), **extra})
+            run_dir = out / name
             state = run_state(run_dir)
             if state != "new":
                 stored = json.loads((run_dir / CONFIG).read_text())["run"]
                 if RunConfig.from_dict(stored).experiment_dict() != config.experiment_dict():
-                    raise RunDirError(f"{run_dir} holds a different run than --preset {preset} "
-                                      f"--seed {seed} with these settings; it is left untouched: "
-                                      "choose another --out")
-            jobs.append(Job(task, seed, run_dir, config))
+                    raise RunDirError(f"{run_dir} holds a different run than {name} with these "
+                                      "settings; it is left untouched: choose another --out")
+            sets = tuple(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in extra.items())
+            jobs.append(Job(task, seed, run_dir, config, role, sets))
     return jobs
 
 
@@ -111,108 +143,146 @@ def _run_step(cmd: list[str], out, env: dict) -> tuple[int, float]:
     return code, round(time.perf_counter() - t0, 1)
 
 
-def run_job(job: Job, preset: str, device: str, threads: int, sets: list[str], log_dir: Path) -> dict:
-    """Train (or resume, or skip) and analyze one run in fresh processes; returns its record."""
-    log = log_dir / f"{job.name}.log"
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    record = {"job": job.name, "state_before": run_state(job.run_dir), "steps": []}
+def _env(threads: int) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def train_job(job: Job, preset: str, device: str, threads: int, sets: list[str], log_dir: Path) -> dict:
+    """Train (or resume, or skip) one run in a fresh process; returns its record."""
+    record = {"job": job.name, "role": job.role, "state_before": run_state(job.run_dir), "steps": []}
     start = time.perf_counter()
-
-    def finish(ok: bool) -> dict:
-        record.update(ok=ok, seconds=round(time.perf_counter() - start, 1), log=str(log))
-        return record
-
-    with open(log, "a") as out:
+    with open(log_dir / f"{job.name}.log", "a") as out:
         if record["state_before"] != "finished":
-            train = _cli("train", job.task, "--preset", preset, "--seed", str(job.seed), "--out",
-                         str(job.run_dir), "--device", device, "--no-progress",
-                         *[a for s in sets for a in ("--set", s)])
+            cmd = _cli("train", job.task, "--preset", preset, "--seed", str(job.seed), "--out",
+                       str(job.run_dir), "--device", device, "--no-progress",
+                       *[a for s in [*sets, *job.sets] for a in ("--set", s)])
             if record["state_before"] == "unfinished":
-                train.append("--resume")
-            code, seconds = _run_step(train, out, env)
+                cmd.append("--resume")
+            code, seconds = _run_step(cmd, out, _env(threads))
             record["steps"].append({"step": "train", "seconds": seconds, "rc": code})
-            if code:
-                return finish(False)
-        missing = missing_analyses(job.run_dir)  # after training: a new run lacks them all
-        if missing:
-            analyze = _cli("analyze", str(job.run_dir), "--only", ",".join(missing), "--device", device)
-            code, seconds = _run_step(analyze, out, env)
-            record["steps"].append({"step": "analyze", "analyses": missing, "seconds": seconds, "rc": code})
-            if code:
-                return finish(False)
-    return finish(True)
+    record.update(ok=all(s["rc"] == 0 for s in record["steps"]),
+                  seconds=round(time.perf_counter() - start, 1), log=str(log_dir / f"{job.name}.log"))
+    return record
 
 
-def score_runs(runs: dict[str, list[Path]]) -> list[dict]:
-    """The claims scorecard for ``{task: [run_dir, ...]}``; unfinished or missing runs make
-    the claims that need them ``not measured``."""
-    summaries = {}
-    for dirs in runs.values():
-        for run_dir in dirs:
-            path = run_dir / SUMMARY
-            summaries[run_dir] = json.loads(path.read_text()) if path.exists() else {}
-    return score(runs, summaries)
+def analyze_job(job: Job, device: str, threads: int, log_dir: Path, baseline: Path | None) -> dict:
+    """Run the analyses a finished run lacks, in a fresh process; returns its record."""
+    record = {"job": job.name, "steps": []}
+    wanted = {"run": list(ANALYSES), "reference": list(REFERENCE_ANALYSES), "baseline": []}[job.role]
+    missing = [n for n in missing_analyses(job.run_dir) if n in wanted]
+    start = time.perf_counter()
+    if missing:
+        with open(log_dir / f"{job.name}.log", "a") as out:
+            cmd = _cli("analyze", str(job.run_dir), "--only", ",".join(missing), "--device", device)
+            if baseline is not None:
+                cmd += ["--baseline", str(baseline)]
+            code, seconds = _run_step(cmd, out, _env(threads))
+        record["steps"].append({"step": "analyze", "analyses": missing, "seconds": seconds, "rc": code})
+    record.update(ok=all(s["rc"] == 0 for s in record["steps"]),
+                  seconds=round(time.perf_counter() - start, 1))
+    return record
 
 
-def score_run_dirs(run_dirs: list[Path]) -> list[dict]:
-    """The claims scorecard over run directories, grouped by the task each holds."""
+def group_run_dirs(run_dirs: list[Path]) -> tuple[dict[str, list[Path]], dict[str, Path]]:
+    """Run directories by task, and each task's pure-memorizer reference (the run whose noise
+    rate is 1); noise-free baselines are left out (they enter through ``behaviour``)."""
     runs: dict[str, list[Path]] = {}
+    references: dict[str, Path] = {}
     for run_dir in run_dirs:
-        task = json.loads((run_dir / CONFIG).read_text())["run"]["task"]
-        runs.setdefault(task, []).append(run_dir)
-    return score_runs(runs)
+        stored = json.loads((Path(run_dir) / CONFIG).read_text())["run"]
+        role = role_of(stored["task_config"])
+        if role == "reference":
+            references.setdefault(stored["task"], Path(run_dir))
+        elif role == "run":
+            runs.setdefault(stored["task"], []).append(Path(run_dir))
+    return runs, references
+
+
+def score_run_dirs(run_dirs: list[Path], only: list[int] | None = None) -> list[dict]:
+    """The claims scorecard over run directories (seeds of a task together; a reference run
+    among them is used as that task's pure-memorizer reference)."""
+    runs, references = group_run_dirs(run_dirs)
+    return score(runs, references, only=only)
+
+
+def _pool(fn, items: list, jobs: int, describe: Callable[[dict], str], log) -> list[dict]:
+    """``fn`` over ``items``, ``jobs`` at a time; logs each as it finishes."""
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        for done, future in enumerate(as_completed(futures), 1):
+            log(f"[{done}/{len(items)}] {describe(future.result())}")
+    return [f.result() for f in futures]
 
 
 def reproduce(preset: str = "small", seeds: int = 3, out: str | Path | None = None, jobs: int = 1,
               device: str = "auto", tasks=DEFAULT_TASKS, sets: list[str] | None = None,
+              baselines: int | None = None, reference: bool = True,
               log: Callable[[str], None] = print) -> dict:
     """Run the whole study; returns the ``reproduce.json`` record (claims rows included).
 
-    ``sets`` are ``--set`` overrides (``"train.steps=100"``) applied to every run.
+    ``sets`` are ``--set`` overrides (``"train.steps=100"``) applied to every run;
+    ``baselines``: noise-free seeds per task (default ``min(seeds, 3)``); ``reference``: train
+    the pure-memorizer reference.
     """
     from memlens.cli import parse_sets
 
     sets = list(sets or [])
     out = Path(out) if out else Path("runs") / f"reproduce-{preset}"
     require_int(jobs, "jobs", 1)
-    job_list = plan(preset, seeds, out, tasks, parse_sets(sets))  # every check before any work
+    baselines = min(seeds, 3) if baselines is None else baselines
+    job_list = plan(preset, seeds, out, tasks, parse_sets(sets), baselines, reference)  # checks first
     log_dir = out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     log(f"reproduce: {len(job_list)} runs ({', '.join(j.name for j in job_list)}) in {out}, "
         f"{jobs} at a time, {threads} thread(s) each; logs in {log_dir}")
     start = time.perf_counter()
-    records = []
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(run_job, j, preset, device, threads, sets, log_dir): j for j in job_list}
-        for done, future in enumerate(as_completed(futures), 1):
-            record = future.result()
-            records.append(record)
-            status = "ok" if record["ok"] else f"FAILED (see {record['log']})"
-            log(f"[{done}/{len(job_list)}] {record['job']}: {status} in {record['seconds']:.0f} s "
-                f"(was {record['state_before']})")
-    runs: dict[str, list[Path]] = {}
-    for job in job_list:
-        runs.setdefault(job.task, []).append(job.run_dir)
-    rows = score_runs(runs)
+    trained = _pool(lambda j: train_job(j, preset, device, threads, sets, log_dir), job_list, jobs,
+                    lambda r: f"train {r['job']}: {'ok' if r['ok'] else 'FAILED'} in {r['seconds']:.0f} s "
+                              f"(was {r['state_before']})", log)
+    ok = {r["job"] for r in trained if r["ok"]}
+    pairs = {(j.task, j.seed): j.run_dir for j in job_list if j.role == "baseline" and j.name in ok}
+    to_analyze = [j for j in job_list if j.name in ok and j.role != "baseline"]
+    analyzed = _pool(lambda j: analyze_job(j, device, threads, log_dir,
+                                           pairs.get((j.task, j.seed)) if j.role == "run" else None),
+                     to_analyze, jobs,
+                     lambda r: f"analyze {r['job']}: {'ok' if r['ok'] else 'FAILED'} in {r['seconds']:.0f} s",
+                     log)
+    records = _merge(trained, analyzed, log_dir)
+    runs = {t: [j.run_dir for j in job_list if j.task == t and j.role == "run"] for t in tasks}
+    references = {j.task: j.run_dir for j in job_list if j.role == "reference" and j.name in ok}
+    rows = score(runs, references)
     atomic_write_json(out / "claims.json", rows)
     atomic_write_text(out / "claims.md", _claims_page(rows, preset, seeds))
     from memlens.viz.report import write_report
 
-    started = [j.run_dir for j in job_list if (j.run_dir / CONFIG).exists()]  # a failed start has none
-    report = write_report(started, out / "report.html", claims=rows) if started else None
+    started = [j.run_dir for j in job_list if j.role == "run" and (j.run_dir / CONFIG).exists()]
+    report = write_report(started, out / "report.html", claims=rows,
+                          references=list(references.values())) if started else None
     wall = time.perf_counter() - start
-    result = {"preset": preset, "seeds": seeds, "jobs": jobs, "sets": sets, "out": str(out),
-              "wall_seconds": round(wall, 1), "runs": sorted(records, key=lambda r: r["job"]),
-              "claims": rows, "report": str(report) if report else None}
+    result = {"preset": preset, "seeds": seeds, "baselines": baselines, "reference": reference,
+              "jobs": jobs, "sets": sets, "out": str(out), "wall_seconds": round(wall, 1),
+              "runs": sorted(records, key=lambda r: r["job"]), "claims": rows,
+              "verdicts": claim_verdicts(rows), "report": str(report) if report else None}
     atomic_write_json(out / "reproduce.json", result)
     log(f"claims: {out / 'claims.md'}; report: {report}; wall time {wall:.0f} s")
-    for row in rows:
-        log(f"  claim {row['claim']} {row['task']}: {row['verdict']} (mean {row['mean']})")
+    for v in result["verdicts"]:
+        log(f"  claim {v['claim']} {v['task']}: {v['verdict']} ({', '.join(f'{k} {p}' for k, p in v['parts'].items())})")
     return result
+
+
+def _merge(trained: list[dict], analyzed: list[dict], log_dir: Path) -> list[dict]:
+    """One record per run: its train and analyze steps, wall seconds and status."""
+    by_job = {r["job"]: dict(r) for r in trained}
+    for r in analyzed:
+        rec = by_job[r["job"]]
+        rec["steps"] = rec["steps"] + r["steps"]
+        rec["seconds"] = round(rec["seconds"] + r["seconds"], 1)
+        rec["ok"] = rec["ok"] and r["ok"]
+    return list(by_job.values())
 
 
 def _claims_page(rows: list[dict], preset: str, seeds: int) -> str:
     return (f"# Claims scorecard ({preset} preset, {seeds} seed(s))\n\n"
-            "Thresholds and their reasons: docs/claims.md. Generated by `memlens reproduce`.\n\n"
-            + to_markdown(rows))
+            "Statistics, controls, thresholds and what would falsify each claim: docs/claims.md "
+            "(pre-registered). Generated by `memlens reproduce`.\n\n" + to_markdown(rows))

@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 def tiny_run(tmp_path_factory):
     """A trained (60 steps) and fully analyzed tiny FDA run directory, shared by the report,
     reproduce and experiment tests."""
-    from memlens.analysis.registry import analyze_run
+    from memlens.analysis.runner import analyze_run
     from memlens.training import make_run_config, train
 
     run_dir = tmp_path_factory.mktemp("runs") / "fda-tiny-s0"

@@ -1,7 +1,7 @@
 """Analyses on the hook API: pure functions ``(model, examples, ...) -> Result``.
 
 Each result has ``.to_frame()`` (long pandas) and ``.figure()`` (plotly);
-``memlens analyze RUN`` runs them with the defaults of ``memlens.analysis.registry``.
+``memlens analyze RUN`` runs them with the defaults of ``memlens.analysis.runner``.
 """
 
 from memlens.analysis.common import AnalysisError

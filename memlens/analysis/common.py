@@ -46,6 +46,17 @@ def check_examples(model, examples: Examples, what: str = "examples") -> None:
                             f"{model.cfg.d_vocab}: examples from another tokenizer?")
 
 
+def analysis_subset(examples: Examples) -> Examples:
+    """The examples of the kind that can carry noise (``TaskBase.analysis_mask``; THR: two-hop
+    queries); all of them when the examples carry no task origin."""
+    if not examples.origin:
+        return examples
+    from memlens.tasks import task_for
+
+    mask = task_for(examples).analysis_mask(examples)
+    return examples if bool(mask.all()) else examples[mask]
+
+
 def check_groups(model, groups: Mapping[str, Examples]) -> None:
     if not groups:
         raise AnalysisError("no groups of examples were given")
@@ -137,7 +148,10 @@ def to_jsonable(value: Any) -> Any:
 
 
 class Result:
-    """Base of analysis results: ``to_frame()`` (long pandas), ``figure()`` (plotly), JSON I/O."""
+    """Base of analysis results: ``to_frame()`` (long pandas), ``summary()``, JSON I/O, and one
+    renderer: ``render(data)`` draws a plotly figure from the JSON data (``to_json()``, or an
+    ``analysis/<name>.json`` file), and ``figure()`` is ``render(self.to_json())``, so a
+    notebook and the report draw the same picture from the same numbers."""
 
     name = "result"
 
@@ -150,3 +164,38 @@ class Result:
     def to_json(self) -> dict:
         return {"analysis": self.name, "summary": to_jsonable(self.summary()),
                 "frame": json.loads(self.to_frame().to_json(orient="records"))}
+
+    @staticmethod
+    def render(data: dict):  # pragma: no cover - every result overrides it
+        raise NotImplementedError
+
+    def figure(self):
+        return self.render(self.to_json())
+
+
+class ResultSet(Result):
+    """Several results of one analysis (e.g. one per intermediate), framed together and drawn
+    by one ``renderer(data)``."""
+
+    def __init__(self, items: dict[str, Result], name: str = "results", renderer=None):
+        self.items, self.name, self._renderer = items, name, renderer
+
+    def render(self, data: dict):
+        if self._renderer is None:
+            raise AnalysisError(f"the {self.name} result set has no renderer")
+        return self._renderer(data)
+
+    def to_frame(self) -> pd.DataFrame:
+        frames = [r.to_frame().assign(item=key) for key, r in self.items.items()]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def summary(self) -> dict:
+        return {key: r.summary() for key, r in self.items.items()}
+
+    def figure(self, item: str | None = None):
+        """All items in one figure; ``item``: one item's own figure."""
+        if item is None:
+            return self.render(self.to_json())
+        if item not in self.items:
+            raise AnalysisError(f"item {item!r} is not in this result set: {sorted(self.items)}")
+        return self.items[item].figure()

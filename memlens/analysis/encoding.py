@@ -6,8 +6,10 @@ are resampled together; the effect is the drop in the log-probability of the tra
 (summed over answer tokens), averaged over resamples. Shares of the per-input effects give two
 concentration summaries per example: the largest share (1.0 for a lookup from one input) and the
 normalized entropy of the shares (0 for a lookup, 1 when all inputs matter equally). Noisy
-(memorized) examples are compared with clean ones (claim 5 of PAPER.md). Counterfactual inputs
-that change one intermediate (``counterfactuals``) give the same attribution over intermediates.
+(memorized) examples are compared with clean ones. This is a description, not claim 5's test:
+no single input token identifies an example, so any memorizer keyed on the whole input spreads
+its attributions (docs/claims.md); claim 5 is scored from matched counterfactuals
+(:mod:`memlens.analysis.dependence`).
 """
 
 from __future__ import annotations
@@ -24,31 +26,12 @@ from memlens.tasks import task_for
 from memlens.tasks.base import Examples
 
 
-def input_slots(examples: Examples) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
-    """Per single input: the token ids it may be resampled to (name -> ids), and groups of inputs.
-
-    FDA: every operand digit (name ``a0.c3`` = operand 0, column 3); groups = whole operands.
-    THR: ``head``, ``relation_1``, ``relation_2``; groups = ``relations`` (both relations).
-    """
-    task = task_for(examples)
-    tok = task.tokenizer
-    singles, groups = {}, {}
-    if task.name == "fda":
-        digits = [tok.token_to_id(str(d)) for d in range(10)]
-        lay = task.layout
-        for k in range(task.config.n_operands):
-            names = []
-            for col in range(task.config.n_digits):
-                name = f"a{k}.c{col}"
-                singles[name] = [lay.operand_digit_pos(k, col)], digits
-                names.append(name)
-            groups[f"operand_{k}"] = names
-    else:
-        entities = [tok.token_to_id(f"e{i}") for i in range(task.config.n_entities)]
-        relations = [tok.token_to_id(f"r{i}") for i in range(task.config.n_relations)]
-        singles = {"head": ([1], entities), "relation_1": ([2], relations), "relation_2": ([3], relations)}
-        groups = {"relations": ["relation_1", "relation_2"]}
-    return singles, groups
+def input_slots(examples: Examples) -> tuple[dict[str, tuple[list[int], list[int]]], dict[str, list[str]]]:
+    """Per single input: (positions, token ids it may be resampled to), and groups of inputs,
+    as the examples' task declares them (``TaskBase.input_slots``). FDA: every operand digit
+    (``a0.c3`` = operand 0, column 3), grouped by operand; THR: ``head``, ``relation_1``,
+    ``relation_2``, with both relations as a group."""
+    return task_for(examples).input_slots()
 
 
 @torch.no_grad()
@@ -125,13 +108,20 @@ class EncodingResult(Result):
                 }
         return out
 
-    def figure(self):
-        import plotly.express as px
+    @staticmethod
+    def render(data: dict):
+        """Mean effect of resampling each input on label recall, clean against noisy examples."""
+        import plotly.graph_objects as go
 
-        f = self.to_frame().drop_duplicates("example")
-        return px.histogram(f, x="entropy", color="group", barmode="overlay", nbins=30,
-                            histnorm="probability",
-                            title="How spread is label recall over inputs (0 = lookup, 1 = uniform)")
+        summary = data["summary"]
+        fig = go.Figure()
+        for group in ("clean", "noisy"):
+            effects = summary.get(group, {}).get("mean_effect_by_input", {})
+            fig.add_trace(go.Bar(x=list(effects), y=list(effects.values()), name=group))
+        fig.update_layout(title="Which inputs the label's recall depends on", barmode="group",
+                          xaxis_title="input", yaxis_title="mean drop in label log-probability",
+                          height=340)
+        return fig
 
 
 def encoding(model, examples: Examples, *, resamples: int = 4, seed: int = 0) -> EncodingResult:

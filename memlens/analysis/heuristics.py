@@ -1,20 +1,26 @@
-"""Arithmetic heuristics of FDA neurons, and outlier activations on noisy examples.
+"""Heuristic neurons, and outlier activations on noisy examples (claim 6).
 
-After Nikankin et al. (2024, "Arithmetic without algorithms"): a late MLP neuron in an
-arithmetic model often fires on a simple pattern of the inputs, e.g. an operand or the result in
-a range, the result modulo n, a digit at a column, or a carry. For every neuron of a
-:class:`~memlens.analysis.neurons.NeuronTable` and every candidate pattern (a *feature*: an
-integer function of the example's inputs, with few values), the neuron's activation is
-predicted by the mean activation of clean examples with the same feature value. The goodness of
-fit is the held-out R^2 of that lookup (fit on one half of the clean examples, scored on the
-other, both ways, averaged), so that features with many values gain nothing from overfitting.
-A neuron's heuristic is its best feature; it counts as a heuristic neuron when that R^2 reaches
-``threshold`` (0.5 by default: the pattern explains most of its variance).
+After Nikankin et al. (2025, "Arithmetic Without Algorithms"): a late MLP neuron in an arithmetic
+model often fires on a simple pattern of the inputs (an operand or the result in a range, a
+residue, a digit, a carry). For every neuron-position of a
+:class:`~memlens.analysis.neurons.NeuronTable` and every candidate *feature* (an integer function of
+the example with few values), the activation is predicted by the mean activation of clean
+examples with the same feature value; the fit is the held-out R^2 of that lookup (fit on one half
+of the clean examples, scored on the other, both ways, averaged), so features with many values
+gain nothing from overfitting.
 
-Outlier scoring: for a noisy example, the same lookup (fit on all clean examples) predicts what
-the neuron would do on that input; the deviation of the actual activation, divided by the
-neuron's residual standard deviation on clean examples, is its z-score. Inputs of noisy examples
-are ordinary inputs (only the label is noisy), so a large |z| is a shift that memorization adds.
+Candidates: the task's features (``TaskBase.neuron_features``), and **every answer token visible
+at the neuron's position** (family ``answer_token``): a neuron that reads the teacher-forced
+previous answer digit is explained by it, on noisy examples too, instead of looking like a
+heuristic on clean data and an outlier on noisy data. A neuron-position is a **heuristic neuron**
+when its best feature is in one of the task's heuristic families and R^2 >= ``threshold``.
+
+Outliers: ``z = (activation - lookup prediction) / sd`` per noisy example, where ``sd`` is the
+neuron-position's activation standard deviation on clean examples (the residual sd would make
+well-fit neurons outliers by construction). The lookup is fit on one half of the clean examples
+and the clean reference ``|z|`` measured on the other; noisy examples are split into a selection
+half (which picks the outliers) and an evaluation half (on which they are reset, in
+:mod:`memlens.analysis.neuron_patching`).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from memlens.analysis.common import AnalysisError, Result
@@ -32,75 +38,58 @@ from memlens.analysis.neurons import NeuronTable
 from memlens.tasks.base import Examples
 
 MIN_CLEAN = 200  # below this, group means of 10-100 groups are too noisy to call a pattern
-RANGE_BINS = 20
-MODULI = tuple(range(2, 11))
+ANSWER_TOKEN = "answer_token"
 
 
-def range_width(values: Tensor) -> int:
-    """Bin width for the range family: about ``RANGE_BINS`` bins, rounded up to 1, 2 or 5
-    times a power of ten so that ranges read as round numbers.
+@dataclass(frozen=True)
+class Features:
+    """Candidate features: ``name -> (family, values (n,))``, which families are heuristics,
+    and at which position each answer-token feature becomes visible."""
 
-    >>> range_width(torch.tensor([0, 19998]))
-    1000
-    """
-    raw = (int(values.max()) + 1) / RANGE_BINS
-    scale = 1
-    while True:
-        for step in (1, 2, 5):
-            if step * scale >= raw:
-                return step * scale
-        scale *= 10
+    values: dict[str, tuple[str, Tensor]]
+    heuristic_families: frozenset[str]
+    visible_from: dict[str, int] = field(default_factory=dict)
+
+    def at(self, position: int) -> list[str]:
+        """Names of the features a neuron at ``position`` can depend on."""
+        return [n for n in self.values if self.visible_from.get(n, -1) <= position]
+
+    def subset(self, rows: Tensor) -> "Features":
+        return Features({k: (f, v[rows]) for k, (f, v) in self.values.items()},
+                        self.heuristic_families, self.visible_from)
 
 
-def fda_features(examples: Examples) -> dict[str, tuple[str, Int[Tensor, " n"]]]:
-    """Candidate features of FDA examples: ``name -> (family, integer values)``.
-
-    Families: ``range`` (an operand or the sum, in about ``RANGE_BINS`` bins of a round width), ``mod``
-    (an operand or the sum modulo 2..10), ``digit`` (a digit of an operand or of the sum at a
-    column), ``column_sum`` and ``carry`` (per column).
+def candidate_features(examples: Examples, features: dict | None = None,
+                       heuristic_families: frozenset[str] | None = None) -> Features:
+    """The task's neuron features plus the visible answer tokens.
 
     >>> from memlens.tasks import make_task
-    >>> feats = fda_features(make_task("fda", preset="tiny").generate(0).train[:10])
-    >>> feats["sum mod 7"][0], feats["carry into column 1"][0]
-    ('mod', 'carry')
+    >>> ex = make_task("fda", preset="tiny").generate(0).train[:10]
+    >>> f = candidate_features(ex)
+    >>> "answer token 0" in f.at(int(ex.answer_pos[0])), "answer token 0" in f.at(int(ex.answer_pos[1]))
+    (False, True)
     """
-    inter = examples.intermediates
-    needed = {"operand", "sum", "column_sum", "carry"}
-    if not needed <= set(inter):
-        raise AnalysisError(f"heuristic features need the FDA intermediates {sorted(needed)} (or "
-                            f"THR's bridge_entity); these examples have {sorted(inter)}")
-    operands, total = inter["operand"].long(), inter["sum"].long()
-    n_digits = inter["column_sum"].shape[1]
-    values = {f"operand {k}": operands[:, k] for k in range(operands.shape[1])}
-    values["sum"] = total
-    feats: dict[str, tuple[str, Tensor]] = {}
-    for name, v in values.items():
-        feats[f"{name} range"] = ("range", v // range_width(v))
-        for m in MODULI:
-            feats[f"{name} mod {m}"] = ("mod", v % m)
-        for c in range(n_digits + (1 if name == "sum" else 0)):
-            feats[f"{name} digit {c}"] = ("digit", (v // 10 ** c) % 10)
-    for c in range(n_digits):
-        feats[f"column sum {c}"] = ("column_sum", inter["column_sum"][:, c].long())
-        feats[f"carry into column {c + 1}"] = ("carry", inter["carry"][:, c + 1].long())
-    return feats
+    if features is None or heuristic_families is None:
+        if not examples.origin:
+            raise AnalysisError("these Examples carry no task origin: pass features= and "
+                                "heuristic_families= explicitly")
+        from memlens.tasks import task_for
 
-
-def thr_features(examples: Examples) -> dict[str, tuple[str, Int[Tensor, " n"]]]:
-    """Candidate features of two-hop (THR) examples: which entity or relation fills each slot,
-    and the bridge and answer entities (family ``entity`` or ``relation``)."""
-    inter = examples.intermediates
-    names = {"head entity": ("entity", "head_entity"), "relation 1": ("relation", "relation_1"),
-             "relation 2": ("relation", "relation_2"), "bridge entity": ("entity", "bridge_entity"),
-             "answer entity": ("entity", "answer_entity")}
-    return {name: (family, inter[key].long().clamp(min=0)) for name, (family, key) in names.items()}
-
-
-def task_features(examples: Examples) -> dict[str, tuple[str, Int[Tensor, " n"]]]:
-    """The candidate features for the examples' task (FDA arithmetic heuristics, or THR slots)."""
-    if "bridge_entity" in examples.intermediates:
-        return thr_features(examples)
-    return fda_features(examples)
+        task = task_for(examples)
+        features = task.neuron_features(examples) if features is None else features
+        heuristic_families = task.heuristic_families if heuristic_families is None else heuristic_families
+    # Answer tokens first: on clean examples a visible answer digit and the heuristic it equals
+    # (e.g. the sum's units digit) fit identically, and the first of tied features wins; the
+    # visible token is the explanation that needs no computation.
+    values, visible = {}, {}
+    for j, pos in enumerate(examples.answer_token_pos.tolist()):
+        name = f"answer token {j}"
+        values[name] = (ANSWER_TOKEN, examples.tokens[:, pos].long())
+        visible[name] = pos
+    values.update(features)
+    if not values:
+        raise AnalysisError("no candidate features for these examples")
+    return Features(values, frozenset(heuristic_families), visible)
 
 
 def _group_means(values: Tensor, acts: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
@@ -112,7 +101,7 @@ def _group_means(values: Tensor, acts: Tensor, n_groups: int) -> tuple[Tensor, T
     return sums / counts.clamp(min=1)[:, None], counts
 
 
-def _lookup(values: Tensor, fit_values: Tensor, fit_acts: Tensor) -> Tensor:
+def lookup(values: Tensor, fit_values: Tensor, fit_acts: Tensor) -> Tensor:
     """Predicted activations for ``values``: the mean of ``fit_acts`` over fit examples with the
     same value, the overall mean where a value was never seen."""
     n_groups = int(max(values.max(), fit_values.max())) + 1
@@ -125,16 +114,23 @@ def _heldout_r2(values: Tensor, acts: Tensor, halves: Tensor) -> Tensor:
     """Held-out R^2 (K,) of the lookup, fit on each half and scored on the other, averaged."""
     scores = []
     for fit, held in ((halves, ~halves), (~halves, halves)):
-        pred = _lookup(values[held], values[fit], acts[fit])
+        pred = lookup(values[held], values[fit], acts[fit])
         resid = ((acts[held] - pred) ** 2).sum(0)
         total = ((acts[held] - acts[held].mean(0)) ** 2).sum(0)
         scores.append(1 - resid / total.clamp(min=1e-12))
     return torch.stack(scores).mean(0)
 
 
+def _half(n: int, gen: torch.Generator) -> Tensor:
+    """A seeded mask selecting half of ``n`` items."""
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.randperm(n, generator=gen)[: n // 2]] = True
+    return mask
+
+
 @dataclass
 class HeuristicResult(Result):
-    """Per neuron: best feature, its family and held-out R^2; whether it is a heuristic neuron."""
+    """Per neuron-position: best feature, its family and held-out R^2; heuristic or not."""
 
     layers: list[int]
     positions: list[int]
@@ -143,59 +139,72 @@ class HeuristicResult(Result):
     family: list[str]
     r2: Float[Tensor, " k"]
     threshold: float
+    heuristic_families: frozenset[str] = frozenset()
     ranges: dict[int, tuple[int, int]] = field(default_factory=dict)  # neuron index -> [lo, hi)
+    name = "heuristics"
 
     @property
     def is_heuristic(self) -> Tensor:
-        return self.r2 >= self.threshold
+        fam = torch.tensor([f in self.heuristic_families for f in self.family], dtype=torch.bool)
+        return fam & (self.r2 >= self.threshold)
+
+    def coords(self, k: int) -> tuple[int, int, int]:
+        """(layer, position, neuron) of flat index ``k`` (tables are layer x position x neuron)."""
+        n_pos = len(self.positions)
+        return self.layers[k // (n_pos * self.d_mlp)], self.positions[(k // self.d_mlp) % n_pos], k % self.d_mlp
 
     def index(self, layer: int, position: int, neuron: int) -> int:
-        """Flat index of a neuron (tables are layer x position x neuron)."""
+        """Flat index of a neuron-position."""
         return (self.layers.index(layer) * len(self.positions) + self.positions.index(position)) * self.d_mlp + neuron
 
     def to_frame(self) -> pd.DataFrame:
-        k = len(self.r2)
-        idx = np.arange(k)
+        coords = [self.coords(k) for k in range(len(self.r2))]
         return pd.DataFrame({
-            "layer": np.array(self.layers)[idx // (len(self.positions) * self.d_mlp)],
-            "position": np.array(self.positions)[(idx // self.d_mlp) % len(self.positions)],
-            "neuron": idx % self.d_mlp, "best_feature": self.best_feature, "family": self.family,
-            "r2": self.r2.numpy(), "heuristic": self.is_heuristic.numpy(),
-            "range": [self.ranges.get(i) for i in range(k)],
+            "layer": [c[0] for c in coords], "position": [c[1] for c in coords],
+            "neuron": [c[2] for c in coords], "best_feature": self.best_feature,
+            "family": self.family, "r2": self.r2.numpy(), "heuristic": self.is_heuristic.numpy(),
+            "range": [self.ranges.get(i) for i in range(len(self.r2))],
         })
 
     def counts(self) -> pd.DataFrame:
-        """Heuristic neurons per layer and family (``none`` below the threshold)."""
+        """Neuron-positions per layer and best-feature family (``none`` below the threshold)."""
         frame = self.to_frame()
-        frame.loc[~frame["heuristic"], "family"] = "none"
+        frame.loc[frame["r2"] < self.threshold, "family"] = "none"
         return frame.groupby(["layer", "family"]).size().unstack(fill_value=0)
 
     def summary(self) -> dict:
         return {"threshold": self.threshold, "n_neurons": len(self.r2),
                 "n_heuristic": int(self.is_heuristic.sum()),
+                "heuristic_families": sorted(self.heuristic_families),
                 "counts": {str(k): v for k, v in self.counts().to_dict(orient="index").items()}}
 
-    def figure(self):
+    @staticmethod
+    def render(data: dict):
+        """Neuron-positions per layer by the family of their best feature."""
         import plotly.express as px
 
-        counts = self.counts().reset_index().melt(id_vars="layer", var_name="family", value_name="neurons")
-        fig = px.bar(counts, x="layer", y="neurons", color="family",
-                     title=f"Heuristic neurons per layer (held-out R^2 >= {self.threshold})")
-        return fig
+        frame = pd.DataFrame(data["frame"])
+        threshold = data["summary"]["threshold"]
+        frame.loc[frame["r2"] < threshold, "family"] = "none"
+        counts = frame.groupby(["layer", "family"]).size().reset_index(name="neurons")
+        return px.bar(counts, x="layer", y="neurons", color="family",
+                      title=f"Neuron-positions by best feature (held-out R^2 >= {threshold})")
 
 
 def classify_neurons(table: NeuronTable, examples: Examples, *, threshold: float = 0.5,
-                     seed: int = 0, features: dict | None = None) -> HeuristicResult:
-    """The best heuristic of every neuron in ``table`` (computed on ``examples``), from its
-    clean examples only.
+                     seed: int = 0, features: dict | None = None,
+                     heuristic_families: frozenset[str] | None = None) -> HeuristicResult:
+    """The best feature of every neuron-position in ``table`` (computed on ``examples``), from
+    clean examples only; ``features`` and ``heuristic_families`` default to the task's.
 
     >>> from memlens.tasks import make_task
     >>> from memlens.analysis.neurons import NeuronTable
     >>> ex = make_task("fda", preset="tiny").generate(0).train
     >>> acts = (ex.intermediates["sum"] % 7 == 3).float()[:, None, None, None]  # a planted mod-7 neuron
-    >>> table = NeuronTable(acts, [1], [9], ex.is_noisy)
-    >>> classify_neurons(table, ex).best_feature
-    ['sum mod 7']
+    >>> table = NeuronTable(acts, [0], [int(ex.answer_pos[0])], ex.is_noisy)
+    >>> res = classify_neurons(table, ex)
+    >>> res.best_feature, res.is_heuristic.tolist()
+    (['sum mod 7'], [True])
     """
     if len(table.acts) != len(examples):
         raise AnalysisError(f"the table has {len(table.acts)} examples but {len(examples)} were given")
@@ -204,64 +213,98 @@ def classify_neurons(table: NeuronTable, examples: Examples, *, threshold: float
     if n_clean < MIN_CLEAN:
         raise AnalysisError(f"{n_clean} clean examples are too few to estimate neuron patterns: "
                             f"need at least {MIN_CLEAN}")
-    feats = task_features(examples) if features is None else features
-    acts = table.acts[clean].flatten(1).double()
-    gen = torch.Generator().manual_seed(seed)
-    halves = torch.zeros(n_clean, dtype=torch.bool)
-    halves[torch.randperm(n_clean, generator=gen)[: n_clean // 2]] = True
-    names = list(feats)
-    r2 = torch.stack([_heldout_r2(feats[name][1][clean], acts, halves) for name in names])  # F x K
-    flat = acts.var(0) < 1e-10  # a neuron that never varies on clean data explains nothing
-    best = r2.argmax(0)
-    best_r2 = r2.max(0).values.where(~flat, torch.zeros(()))
-    best_names = [names[i] for i in best.tolist()]
-    families = ["inactive" if f else feats[n][0] for n, f in zip(best_names, flat.tolist())]
+    feats = candidate_features(examples, features, heuristic_families).subset(clean)
+    acts = table.acts[clean].double()  # (n, L, P, d)
+    halves = _half(n_clean, torch.Generator().manual_seed(seed))
+    shape = acts.shape[1:]
+    best_r2 = torch.zeros(shape, dtype=torch.float64)
+    best_name = np.empty(shape, dtype=object)
+    for pi, position in enumerate(table.positions):
+        block = acts[:, :, pi].flatten(1)  # (n, L * d)
+        names = feats.at(position)
+        r2 = torch.stack([_heldout_r2(feats.values[n][1], block, halves) for n in names])
+        r2 = r2.where(block.var(0) >= 1e-10, torch.zeros(()))  # a flat neuron explains nothing
+        best_r2[:, pi] = r2.max(0).values.view(shape[0], shape[2])
+        best_name[:, pi] = np.array(names, dtype=object)[r2.argmax(0).numpy()].reshape(shape[0], shape[2])
+    names = best_name.reshape(-1).tolist()
+    r2 = best_r2.flatten().float()
+    flat = (acts.flatten(1).var(0) < 1e-10).tolist()
+    families = ["inactive" if f else feats.values[n][0] for n, f in zip(names, flat)]
     ranges = {}
-    for k, (name, fam) in enumerate(zip(best_names, families)):
-        if fam == "range" and best_r2[k] >= threshold:
-            ranges[k] = _active_range(feats[name][1][clean], acts[:, k], name, examples)
+    for k, (name, fam) in enumerate(zip(names, families)):
+        if fam == "range" and r2[k] >= threshold and examples.origin:
+            ranges[k] = _active_range(feats.values[name][1], acts.flatten(1)[:, k], name, examples[clean])
     return HeuristicResult(layers=table.layers, positions=table.positions, d_mlp=table.acts.shape[-1],
-                           best_feature=best_names, family=families, r2=best_r2.float(),
-                           threshold=threshold, ranges=ranges)
+                           best_feature=names, family=families, r2=r2, threshold=threshold,
+                           heuristic_families=feats.heuristic_families, ranges=ranges)
 
 
 def _active_range(bins: Tensor, acts: Tensor, name: str, examples: Examples) -> tuple[int, int]:
-    """[lo, hi) of the value where the neuron's mean activation is above its midpoint."""
+    """[lo, hi) of the value where the neuron's mean activation is above its midpoint (for the
+    range features of arithmetic tasks, whose bins are round-width value ranges)."""
+    from memlens.tasks.fda_analysis import range_width
+
     means, counts = _group_means(bins, acts[:, None], int(bins.max()) + 1)
     means = means[:, 0]
     seen = counts > 0
     mid = (means[seen].max() + means[seen].min()) / 2
     active = ((means > mid) & seen).nonzero()[:, 0]
     base = name.removesuffix(" range")
-    values = examples.intermediates["sum"] if base == "sum" else examples.intermediates["operand"][:, int(base.split()[1])]
+    inter = examples.intermediates
+    values = inter["sum"] if base == "sum" else inter["operand"][:, int(base.split()[1])]
     width = range_width(values)
     return int(active.min()) * width, (int(active.max()) + 1) * width
 
 
 @dataclass
 class OutlierResult(Result):
-    """z-scores of noisy examples' activations against each neuron's clean pattern."""
+    """z-scores of noisy examples' activations against each neuron-position's clean pattern."""
 
     z: Float[Tensor, "n_noisy k"]
     heldout_clean_abs_z: Float[Tensor, " k"]
+    variance: Float[Tensor, " k"]
+    selection: Tensor  # (n_noisy,) bool: the noisy half that picks the outliers
+    clean_fit: Tensor  # (n_clean,) bool: the clean half the lookups are fit on
     heuristics: HeuristicResult
     z_threshold: float
+    ratio: float
+    name = "outliers"
 
     @property
     def neuron_score(self) -> Tensor:
-        """Mean |z| over noisy examples, per neuron."""
-        return self.z.abs().mean(0)
-
-    @property
-    def example_score(self) -> Tensor:
-        """Mean |z| over neurons, per noisy example."""
-        return self.z.abs().mean(1)
+        """Mean |z| over the noisy selection half, per neuron-position."""
+        return self.z[self.selection].abs().mean(0)
 
     @property
     def outliers(self) -> Tensor:
-        """Neurons whose mean |z| on noisy examples reaches ``z_threshold`` and is at least twice
-        their mean |z| on held-out clean examples (a noisy shift, not a poorly fit neuron)."""
-        return (self.neuron_score >= self.z_threshold) & (self.neuron_score >= 2 * self.heldout_clean_abs_z)
+        """Neuron-positions whose mean |z| on the noisy selection half reaches ``z_threshold``
+        and ``ratio`` times their mean |z| on held-out clean examples."""
+        score = self.neuron_score
+        return (score >= self.z_threshold) & (score >= self.ratio * self.heldout_clean_abs_z)
+
+    def variance_deciles(self) -> Tensor:
+        """Decile (0-9) of each neuron-position's clean activation variance."""
+        ranks = self.variance.argsort().argsort()
+        return (ranks * 10 // len(ranks)).clamp(max=9)
+
+    def enrichment(self, permutations: int = 1000, seed: int = 0) -> dict:
+        """Heuristic share among outliers against the share among all neuron-positions matched
+        to the outliers' variance deciles; permutation p-value (outlier labels shuffled within
+        deciles)."""
+        out, heur, dec = self.outliers, self.heuristics.is_heuristic, self.variance_deciles()
+        if not out.any():
+            return {"share": None, "matched_share": None, "enrichment": None, "p_value": None}
+        share, matched = matched_shares(out, heur, dec)
+        gen = torch.Generator().manual_seed(seed)
+        hits = 0
+        for _ in range(permutations):
+            perm = out.clone()
+            for d in range(10):
+                idx = (dec == d).nonzero().flatten()
+                perm[idx] = out[idx][torch.randperm(len(idx), generator=gen)]
+            hits += float(heur[perm].float().mean()) - matched >= share - matched
+        return {"share": share, "matched_share": matched, "enrichment": share - matched,
+                "p_value": (1 + hits) / (1 + permutations)}
 
     def to_frame(self) -> pd.DataFrame:
         frame = self.heuristics.to_frame()
@@ -272,43 +315,56 @@ class OutlierResult(Result):
 
     def summary(self) -> dict:
         out = self.outliers
-        return {"n_outliers": int(out.sum()),
-                "n_outliers_heuristic": int((out & self.heuristics.is_heuristic).sum()),
-                "share_heuristic": float((out & self.heuristics.is_heuristic).sum() / out.sum())
-                if out.any() else None,
-                "z_threshold": self.z_threshold}
+        heur = out & self.heuristics.is_heuristic
+        return {"n_outliers": int(out.sum()), "n_outliers_heuristic": int(heur.sum()),
+                "share_heuristic": float(heur.sum() / out.sum()) if out.any() else None,
+                "z_threshold": self.z_threshold, "ratio": self.ratio,
+                "enrichment": self.enrichment()}
 
-    def figure(self):
-        import plotly.express as px
+    @staticmethod
+    def render(data: dict):
+        from memlens.analysis.neuron_study import NeuronStudyResult
 
-        frame = self.to_frame()
-        return px.scatter(frame, x="clean_abs_z", y="noisy_abs_z", color="heuristic",
-                          hover_data=["layer", "position", "neuron", "best_feature"],
-                          title="Neuron shifts on noisy examples against held-out clean ones")
+        return NeuronStudyResult.render(data)
+
+
+def matched_shares(outlier: Tensor, heuristic: Tensor, decile: Tensor) -> tuple[float, float]:
+    """Heuristic share among outliers, and among all items weighted to the outliers' decile
+    distribution (variance-matched). Used by the analysis and by the scorecard's bootstrap."""
+    share = float(heuristic[outlier].float().mean())
+    matched = 0.0
+    n_out = int(outlier.sum())
+    for d in decile[outlier].unique().tolist():
+        in_d = decile == d
+        matched += int((outlier & in_d).sum()) / n_out * float(heuristic[in_d].float().mean())
+    return share, matched
 
 
 def score_outliers(table: NeuronTable, examples: Examples, heuristics: HeuristicResult, *,
-                   z_threshold: float = 1.0, features: dict | None = None) -> OutlierResult:
-    """z-scores of every noisy example x neuron against the neuron's best clean lookup."""
-    feats = task_features(examples) if features is None else features
+                   z_threshold: float = 0.5, ratio: float = 2.0, seed: int = 0,
+                   features: dict | None = None) -> OutlierResult:
+    """z-scores of every noisy example x neuron-position against its best clean lookup."""
+    feats = candidate_features(examples, features, heuristics.heuristic_families)
     clean, noisy = ~examples.is_noisy, examples.is_noisy
     if not noisy.any():
         raise AnalysisError("no noisy examples to score")
+    if int(noisy.sum()) < 2:
+        raise AnalysisError("outliers need at least 2 noisy examples (a selection and an evaluation half)")
+    gen = torch.Generator().manual_seed(seed + 1)
+    clean_fit = _half(int(clean.sum()), gen)
+    selection = _half(int(noisy.sum()), gen)
     acts = table.acts.flatten(1).double()
-    z = torch.empty(int(noisy.sum()), acts.shape[1], dtype=torch.float64)
+    clean_acts, noisy_acts = acts[clean], acts[noisy]
+    sd = clean_acts.std(0).clamp(min=1e-6)
+    z = torch.empty_like(noisy_acts)
     heldout = torch.empty(acts.shape[1], dtype=torch.float64)
-    n_clean = int(clean.sum())
-    half = torch.zeros(n_clean, dtype=torch.bool)
-    half[: n_clean // 2] = True
     for name in set(heuristics.best_feature):
         cols = torch.tensor([k for k, f in enumerate(heuristics.best_feature) if f == name])
-        values = feats[name][1]
-        fit_acts, fit_values = acts[clean][:, cols], values[clean]
-        resid = fit_acts - _lookup(fit_values, fit_values, fit_acts)
-        std = resid.std(0).clamp(min=1e-6)
-        z[:, cols] = (acts[noisy][:, cols] - _lookup(values[noisy], fit_values, fit_acts)) / std
-        # The same score on clean examples the lookup did not see: what |z| is without noise.
-        held = _lookup(fit_values[~half], fit_values[half], fit_acts[half])
-        heldout[cols] = ((fit_acts[~half] - held) / std).abs().mean(0)
-    return OutlierResult(z=z.float(), heldout_clean_abs_z=heldout.float(), heuristics=heuristics,
-                         z_threshold=z_threshold)
+        values = feats.values[name][1]
+        fit_v, fit_a = values[clean][clean_fit], clean_acts[clean_fit][:, cols]
+        z[:, cols] = (noisy_acts[:, cols] - lookup(values[noisy], fit_v, fit_a)) / sd[cols]
+        held = lookup(values[clean][~clean_fit], fit_v, fit_a)
+        heldout[cols] = ((clean_acts[~clean_fit][:, cols] - held) / sd[cols]).abs().mean(0)
+    return OutlierResult(z=z.float(), heldout_clean_abs_z=heldout.float(),
+                         variance=clean_acts.var(0).float(), selection=selection, clean_fit=clean_fit,
+                         heuristics=heuristics, z_threshold=z_threshold, ratio=ratio)

@@ -1,10 +1,13 @@
 """``patch_intermediate``: where do the activations that carry an intermediate result live, and
 does the memorized noisy label depend on them? (Claim 4 of PAPER.md.)
 
-For each example a counterfactual input changes one intermediate (see ``counterfactuals``). The
-counterfactual run's activations are patched into the original run at every (layer, position);
-on clean examples we ask whether the answer moves to the counterfactual's answer, on noisy
-examples whether recall of the memorized noisy label drops.
+For each example a counterfactual input changes (or, ``kind="preserve"``, keeps) one
+intermediate (see ``counterfactuals``). The counterfactual's prompt, with the original's answer
+tokens teacher-forced so that only the edited prompt tokens differ, is run, and its activations
+are patched into the original run at every (layer, position); on clean examples we ask whether
+the answer moves to the counterfactual's answer, on noisy examples whether recall of the
+memorized noisy label drops. :mod:`memlens.analysis.dependence` compares both kinds at one site
+(claims 4 and 5).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from memlens.analysis.common import AnalysisError, Result, check_examples
 from memlens.analysis.counterfactuals import make_counterfactuals
 from memlens.analysis.patching import HOOKS, patch_grid
 from memlens.tasks.base import Examples
+from memlens.training.metrics import with_answer
 
 
 @dataclass
@@ -62,32 +66,34 @@ class PatchIntermediateResult(Result):
                 out["internal_site_noisy_recall_drop"] = float(noisy["recall_drop"].iloc[0])
         return out
 
-    def figure(self):
+    @staticmethod
+    def render(data: dict):
         """Heatmaps over layer x position: clean moved-rate and noisy recall drop."""
         from plotly.subplots import make_subplots
         import plotly.graph_objects as go
 
+        frame, summary = pd.DataFrame(data["frame"]), data["summary"]
         groups = [(g, c) for g, c in (("clean", "moved_rate"), ("noisy", "recall_drop"))
-                  if (self.frame["group"] == g).any()]
+                  if (frame["group"] == g).any()]
         fig = make_subplots(rows=1, cols=len(groups), subplot_titles=[
             f"{g}: {c.replace('_', ' ')}" for g, c in groups])
         for i, (group, col) in enumerate(groups, 1):
-            part = self.frame[self.frame["group"] == group]
+            part = frame[frame["group"] == group]
             grid = part.pivot(index="layer", columns="position", values=col)
             fig.add_trace(go.Heatmap(z=grid.values, x=list(grid.columns), y=list(grid.index),
                                      zmin=0, zmax=1, colorscale="Viridis", showscale=i == len(groups)),
                           row=1, col=i)
             fig.update_xaxes(title_text="position", row=1, col=i)
             fig.update_yaxes(title_text="layer", row=1, col=i)
-        label = self.variable + (f"[{self.column}]" if self.column is not None else "")
-        fig.update_layout(title=f"Patching the counterfactual {label} ({self.hook})")
+        label = summary["variable"] + (f"[{summary['column']}]" if summary["column"] is not None else "")
+        fig.update_layout(title=f"Patching the counterfactual {label} ({summary['hook']})")
         return fig
 
 
 def patch_intermediate(model, examples: Examples, variable: str, *, column: int | None = None,
                        layers: list[int] | None = None, positions: list[int] | None = None,
-                       hook: str = "resid_pre", seed: int = 0, on_invalid: str = "skip",
-                       chunk_size: int = 4096) -> PatchIntermediateResult:
+                       hook: str = "resid_pre", kind: str = "change", seed: int = 0,
+                       on_invalid: str = "skip", chunk_size: int = 4096) -> PatchIntermediateResult:
     """Patch counterfactual activations of ``variable`` into the original run, layers x positions.
 
     ``examples`` may mix clean and noisy examples (groups come from ``is_noisy``). ``column``
@@ -108,7 +114,7 @@ def patch_intermediate(model, examples: Examples, variable: str, *, column: int 
         raise AnalysisError(f"hook={hook!r} is invalid for patch_intermediate: expected one of {valid}")
     if on_invalid not in ("skip", "raise"):
         raise AnalysisError(f"on_invalid={on_invalid!r} is invalid: expected 'skip' or 'raise'")
-    pairs = make_counterfactuals(examples, variable, column, seed)
+    pairs = make_counterfactuals(examples, variable, column, kind=kind, seed=seed)
     n_skipped = int((~pairs.valid).sum())
     if n_skipped and on_invalid == "raise":
         bad = (~pairs.valid).nonzero().flatten()[:10].tolist()
@@ -116,8 +122,8 @@ def patch_intermediate(model, examples: Examples, variable: str, *, column: int 
                             f"(first indices {bad}); pass on_invalid='skip' to leave them out")
     if len(pairs.original) == 0:
         raise AnalysisError(f"no example has a counterfactual for {variable!r}")
-    pairs.verify()
     original, counter = pairs.original, pairs.counterfactual
+    source = with_answer(counter, original.labels)  # only the edited prompt tokens differ
     answer_pos = original.answer_pos.to(next(model.parameters()).device)
 
     def predictions(logits: torch.Tensor) -> torch.Tensor:
@@ -125,7 +131,7 @@ def patch_intermediate(model, examples: Examples, variable: str, *, column: int 
 
     with torch.no_grad():
         base = predictions(model(original.tokens.to(answer_pos.device))).cpu()
-    preds = patch_grid(model, counter.tokens, original.tokens, predictions, hook=hook, layers=layers,
+    preds = patch_grid(model, source, original.tokens, predictions, hook=hook, layers=layers,
                        positions=positions, chunk_size=chunk_size)  # (L, P, n, A)
     layers_used = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     positions_used = list(range(original.tokens.shape[1])) if positions is None else list(positions)
@@ -152,8 +158,6 @@ def patch_intermediate(model, examples: Examples, variable: str, *, column: int 
                     "recall": r, "recall_drop": baseline[group]["recall"] - r,
                     "moved_rate": float(moved[li, pi][mask].float().mean()),
                 })
-    changed = (original.tokens != counter.tokens).any(0)
-    changed[original.answer_token_pos] = False  # answers differ by design; inputs are the rest
     return PatchIntermediateResult(variable=variable, column=column, hook=hook,
                                    frame=pd.DataFrame(rows), baseline=baseline, n_skipped=n_skipped,
-                                   input_positions=changed.nonzero().flatten().tolist())
+                                   input_positions=pairs.edited_positions)

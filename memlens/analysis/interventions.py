@@ -4,12 +4,15 @@
   reference (clean) examples.
 * **INLP** (iterative nullspace projection, Ravfogel et al. 2020): fit linear probes for the
   intermediate, project their weight directions out of the residual stream, refit on the projected
-  activations, repeat; the union of directions is removed at the chosen positions.
-* **Random control**: a random subspace of the same rank removed at the same place.
+  activations, repeat until the probe reads no more than the majority class + ``tolerance`` (or
+  ``max_iterations``); the union of directions is removed at the chosen position. Whether it got
+  there (``removed``) is reported: an INLP that leaves the variable readable tests nothing.
+* **Controls** of the same rank at the same place: random subspaces (``random_draws`` draws,
+  averaged) and an INLP fitted on shuffled targets.
 
 Each intervention is applied with a hook while the memorization metrics are measured (noisy
-recall, clean training accuracy, test accuracy), before and after, so the effect on memorized
-labels is compared with the effect on reasoning and with the control (claim 4 of PAPER.md).
+recall, clean training accuracy, test accuracy, per example), so the effect on memorized labels
+is compared with the effect on reasoning and with the controls (claim 4d, a diagnostic).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from torch import Tensor
 from memlens.analysis.common import AnalysisError, Result, cached_activations, check_examples
 from memlens.analysis.probes import fit_softmax_probes, predict_probes, probe_targets
 from memlens.tasks.base import Examples
-from memlens.training.metrics import evaluate
 
 
 def _resid_hook(layer: int, point: str) -> str:
@@ -34,30 +36,30 @@ def _resid_hook(layer: int, point: str) -> str:
 
 def inlp_basis(model, fit: Examples, variable: str, *, layer: int, point: str = "pre",
                position: int, column: int | None = None, iterations: int = 3,
-               rank_per_iteration: int = 8, max_iter: int = 100) -> tuple[Tensor, list[float]]:
+               rank_per_iteration: int = 8, max_iter: int = 100, target_accuracy: float | None = None,
+               shuffle_seed: int | None = None) -> tuple[Tensor, list[float]]:
     """Orthonormal basis ``(d_model, rank)`` of the directions INLP removes, and the probe
-    accuracy before each iteration and after the last (it should fall towards the majority
-    baseline). Each iteration removes the ``rank_per_iteration`` strongest directions of the
-    probe (top singular vectors of its weights): with many classes (200 THR entities) the full
-    row space would be the whole residual stream. ``column`` restricts a multi-column
-    intermediate to one column; by default every column is probed."""
+    accuracy before each iteration and after the last. Each iteration removes the
+    ``rank_per_iteration`` strongest directions of the probe (top singular vectors of its
+    weights): with many classes (200 THR entities) the full row space would be the whole
+    residual stream. With ``target_accuracy``, iterations continue (up to ``iterations``) until
+    the probe's accuracy is at most that. ``column`` restricts a multi-column intermediate to one
+    column; by default every column is probed. ``shuffle_seed``: fit on shuffled targets (the
+    control)."""
     check_examples(model, fit, "fit examples")
     if not 0 <= layer < model.cfg.n_layers:
         raise AnalysisError(f"layer={layer} out of range: the model has layers 0..{model.cfg.n_layers - 1}")
     if not 0 <= position < fit.tokens.shape[1]:
         raise AnalysisError(f"position={position} out of range 0..{fit.tokens.shape[1] - 1}")
-    hook = _resid_hook(layer, point)
-    x = cached_activations(model, fit.tokens, [hook], [position])[hook][:, 0].float()
-    targets = probe_targets(fit, variable)
-    if column is not None:
-        targets = [t for t in targets if t.column == column]
-        if not targets:
-            raise AnalysisError(f"{variable!r} has no column {column}")
-    y = torch.stack([t.values(fit) for t in targets], 1)
-    n_classes = [int(y[:, i].max()) + 1 for i in range(y.shape[1])]
     if rank_per_iteration < 1 or iterations < 1:
         raise AnalysisError(f"iterations={iterations} and rank_per_iteration={rank_per_iteration} "
                             "must be >= 1")
+    hook = _resid_hook(layer, point)
+    x = cached_activations(model, fit.tokens, [hook], [position])[hook][:, 0].float()
+    y = _targets(fit, variable, column)
+    if shuffle_seed is not None:
+        y = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(shuffle_seed))]
+    n_classes = [int(y[:, i].max()) + 1 for i in range(y.shape[1])]
     basis = torch.zeros(x.shape[1], 0)
     accuracies = []
 
@@ -71,12 +73,30 @@ def inlp_basis(model, fit: Examples, variable: str, *, layer: int, point: str = 
     for _ in range(iterations):
         acc, directions = probe_accuracy(x - (x @ basis) @ basis.T)
         accuracies.append(acc)
+        if target_accuracy is not None and acc <= target_accuracy:
+            return basis, accuracies
         directions = directions - basis @ (basis.T @ directions)
         u, sv, _ = torch.linalg.svd(directions, full_matrices=False)
         keep = min(rank_per_iteration, int((sv > 1e-6 * sv.max()).sum()))
         basis, _ = torch.linalg.qr(torch.cat([basis, u[:, :keep]], 1))
     accuracies.append(probe_accuracy(x - (x @ basis) @ basis.T)[0])
     return basis, accuracies
+
+
+def _targets(fit: Examples, variable: str, column: int | None) -> Tensor:
+    targets = probe_targets(fit, variable)
+    if column is not None:
+        targets = [t for t in targets if t.column == column]
+        if not targets:
+            raise AnalysisError(f"{variable!r} has no column {column}")
+    return torch.stack([t.values(fit) for t in targets], 1)
+
+
+def majority_accuracy(fit: Examples, variable: str, column: int | None) -> float:
+    """Accuracy of always answering the most frequent value (all target columns at once)."""
+    y = _targets(fit, variable, column)
+    _, counts = torch.unique(y, dim=0, return_counts=True)
+    return float(counts.max() / len(y))
 
 
 def random_basis(d_model: int, rank: int, seed: int) -> Tensor:
@@ -110,33 +130,51 @@ def mean_hook(mean: Tensor, positions: list[int]):
 
 @dataclass
 class InterventionResult(Result):
-    """Metrics with no intervention and under each intervention (one row each)."""
+    """Metrics with no intervention and under each intervention (one row each); per-example
+    noisy recall under each (``examples``; the random control's is the mean over draws)."""
 
     frame: pd.DataFrame
     settings: dict = field(default_factory=dict)
+    examples: dict[str, list[float]] = field(default_factory=dict)
     name = "interventions"
 
     def to_frame(self) -> pd.DataFrame:
         return self.frame
 
     def summary(self) -> dict:
-        return {"settings": self.settings, "table": self.frame.to_dict(orient="records")}
+        return {"settings": self.settings, "table": self.frame.to_dict(orient="records"),
+                "examples": self.examples}
 
-    def figure(self):
-        import plotly.express as px
+    @staticmethod
+    def render(data: dict):
+        return render_interventions(data)
 
-        cols = [c for c in ("noisy_memorized_acc", "train_clean_acc", "test_acc") if c in self.frame]
-        long = self.frame.melt(id_vars=["intervention"], value_vars=cols, var_name="metric",
-                               value_name="accuracy")
-        return px.bar(long, x="metric", y="accuracy", color="intervention", barmode="group",
-                      range_y=[0, 1], title=f"Interventions on {self.settings.get('variable')}")
+
+def render_interventions(data: dict):
+    """Accuracies under each intervention, one panel per intermediate (``item``) if several."""
+    import plotly.express as px
+
+    frame = pd.DataFrame(data["frame"])
+    cols = [c for c in ("noisy_memorized_acc", "train_clean_acc", "test_acc") if c in frame]
+    ids = ["intervention"] + (["item"] if "item" in frame else [])
+    long = frame.melt(id_vars=ids, value_vars=cols, var_name="metric", value_name="accuracy")
+    return px.bar(long, x="metric", y="accuracy", color="intervention", barmode="group",
+                  facet_col="item" if "item" in frame else None, facet_col_wrap=4, range_y=[0, 1],
+                  title="Interventions at each intermediate's site (INLP until removed; controls of "
+                        "the same rank)")
+
+
+METRIC = {"train_noisy": "noisy_memorized_acc", "train_clean": "train_clean_acc", "test": "test_acc"}
 
 
 def intervene(model, groups: dict[str, Examples], fit: Examples, variable: str, *, layer: int,
-              position: int, column: int | None = None, point: str = "pre", iterations: int = 3,
-              rank_per_iteration: int = 8, seed: int = 0) -> InterventionResult:
-    """Remove ``variable`` at (``layer``, ``point``, ``position``) by mean ablation and by INLP,
-    beside a random subspace of INLP's rank; measure the memorization metrics under each.
+              position: int, column: int | None = None, point: str = "pre",
+              max_iterations: int = 20, rank_per_iteration: int = 8, tolerance: float = 0.05,
+              random_draws: int = 20, seed: int = 0) -> InterventionResult:
+    """Remove ``variable`` at (``layer``, ``point``, ``position``) by mean ablation and by INLP
+    (until its probe reads at most the majority class + ``tolerance``), beside random subspaces
+    of INLP's rank (``random_draws``) and an INLP of shuffled targets of that rank; measure the
+    memorization metrics under each, per example.
 
     ``groups`` are the evaluation splits (``train_clean``, ``train_noisy``, ``test``); ``fit``
     holds clean examples to fit INLP and the ablation mean on.
@@ -147,32 +185,50 @@ def intervene(model, groups: dict[str, Examples], fit: Examples, variable: str, 
     >>> model = build_model(ModelConfig(n_layers=1, d_model=32, n_heads=2), task, seed=0)
     >>> s = task.generate(0).splits
     >>> res = intervene(model, s, s["train_clean"][:300], "column_sum", layer=0, position=4,
-    ...                 iterations=1)
+    ...                 max_iterations=1, random_draws=2)
     >>> list(res.to_frame()["intervention"])
-    ['none', 'mean_ablation', 'inlp', 'random_subspace']
+    ['none', 'mean_ablation', 'inlp', 'random_subspace', 'shuffled_inlp']
     """
+    from memlens.analysis.behaviour import answered
+
     for name, ex in groups.items():
         check_examples(model, ex, f"group {name!r}")
+    if random_draws < 1:
+        raise AnalysisError(f"random_draws={random_draws} is invalid: expected an integer >= 1")
     hook = _resid_hook(layer, point)
+    majority = majority_accuracy(fit, variable, column)
+    target = majority + tolerance
     basis, inlp_acc = inlp_basis(model, fit, variable, layer=layer, point=point, position=position,
-                                 column=column, iterations=iterations,
-                                 rank_per_iteration=rank_per_iteration)
+                                 column=column, iterations=max_iterations,
+                                 rank_per_iteration=rank_per_iteration, target_accuracy=target)
+    rank = basis.shape[1]
+    removed = inlp_acc[-1] <= target
+    variants: dict[str, list] = {"none": [None]}
     mean = cached_activations(model, fit.tokens, [hook], [position])[hook].mean(0)
-    control = random_basis(model.cfg.d_model, basis.shape[1], seed)
-    variants = {
-        "none": None,
-        "mean_ablation": mean_hook(mean, [position]),
-        "inlp": projection_hook(basis, [position]),
-        "random_subspace": projection_hook(control, [position]),
-    }
-    rows = []
-    for label, fn in variants.items():
-        hooks = [] if fn is None else [(hook, fn)]
-        with model.hooks(fwd_hooks=hooks):
-            metrics = evaluate(model, groups)
-        rows.append({"intervention": label, "rank": 0 if fn is None or label == "mean_ablation"
-                     else basis.shape[1], **{k: v for k, v in metrics.items() if k.endswith("_acc")}})
-    settings = {"variable": variable, "column": column, "layer": layer, "point": point, "position": position,
-                "iterations": iterations, "inlp_rank": basis.shape[1],
+    variants["mean_ablation"] = [mean_hook(mean, [position])]
+    if rank:
+        shuffled, _ = inlp_basis(model, fit, variable, layer=layer, point=point, position=position,
+                                 column=column, iterations=max(1, -(-rank // rank_per_iteration)),
+                                 rank_per_iteration=rank_per_iteration, shuffle_seed=seed)
+        variants["inlp"] = [projection_hook(basis, [position])]
+        variants["random_subspace"] = [projection_hook(random_basis(model.cfg.d_model, rank, seed + i),
+                                                       [position]) for i in range(random_draws)]
+        variants["shuffled_inlp"] = [projection_hook(shuffled[:, :rank], [position])]
+    rows, examples = [], {}
+    for label, fns in variants.items():
+        per_group = {}
+        for fn in fns:
+            with model.hooks(fwd_hooks=[] if fn is None else [(hook, fn)]):
+                for g, ex in groups.items():
+                    per_group.setdefault(g, []).append(answered(model, ex).float())
+        means = {g: torch.stack(v).mean(0) for g, v in per_group.items()}
+        if "train_noisy" in means:
+            examples[label] = means["train_noisy"].tolist()
+        rows.append({"intervention": label, "draws": len(fns),
+                     "rank": rank if label in ("inlp", "random_subspace", "shuffled_inlp") else 0,
+                     **{METRIC.get(g, f"{g}_acc"): float(m.mean()) for g, m in means.items()}})
+    settings = {"variable": variable, "column": column, "layer": layer, "point": point,
+                "position": position, "inlp_rank": rank, "majority": majority,
+                "tolerance": tolerance, "removed": removed,
                 "inlp_probe_accuracy_before_each_iteration_and_after": inlp_acc}
-    return InterventionResult(frame=pd.DataFrame(rows), settings=settings)
+    return InterventionResult(frame=pd.DataFrame(rows), settings=settings, examples=examples)

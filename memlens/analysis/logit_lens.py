@@ -3,9 +3,10 @@
 At every residual point (before and after attention and MLP of each layer) and every
 answer-predicting position, the residual is decoded with the model's own final LayerNorm and
 unembedding; we record the probability and rank of the true label, of the noisy label (noisy
-examples only) and, for THR, of the bridge entity. At the last point this is exactly the model's
-output. Claim 3 of PAPER.md: on memorized examples the true answer is readable in intermediate
-layers and the noisy label takes over late.
+examples only) and of the task's extra targets (``TaskBase.lens_targets``: the THR bridge
+entity). At the last point this is exactly the model's output. Claim 3 (Du et al. 2025): on
+memorized examples the true answer is readable in intermediate layers and the noisy label takes
+over late; :func:`takeover_point` finds where, at the first answer slot.
 """
 
 from __future__ import annotations
@@ -33,11 +34,31 @@ def _targets(model, examples: Examples) -> dict[str, Tensor]:
     """Token ids to track, each (n, answer_len); -1 where a target does not apply."""
     out = {"true": examples.true_labels, "noisy": torch.where(
         examples.is_noisy[:, None], examples.labels, torch.full_like(examples.labels, -1))}
-    if "bridge_entity" in examples.intermediates:
-        entity0 = model.tokenizer.convert_tokens_to_ids("e0")
-        bridge = examples.intermediates["bridge_entity"][:, None] + entity0
-        out["bridge"] = bridge.expand_as(examples.labels)
+    if examples.origin:
+        from memlens.tasks import task_for
+
+        for name, ids in task_for(examples).lens_targets(examples).items():
+            out[name] = torch.as_tensor(ids)[:, None].expand_as(examples.labels)
     return out
+
+
+def takeover_point(true_rank: Tensor, label_rank: Tensor) -> int | None:
+    """Index of the first point of the final run of points at which the noisy label is top-1
+    more often than the true label, from per-example ranks ``(n, points)`` of noisy examples;
+    None when the noisy label does not lead at the last point.
+
+    >>> true = torch.tensor([[0, 0, 1, 3], [0, 1, 0, 2]])
+    >>> noisy = torch.tensor([[2, 1, 0, 0], [1, 0, 1, 0]])
+    >>> takeover_point(true, noisy)
+    3
+    """
+    ahead = ((label_rank == 0).float().mean(0) > (true_rank == 0).float().mean(0)).tolist()
+    start = None
+    for p in reversed(range(len(ahead))):
+        if not ahead[p]:
+            break
+        start = p
+    return start
 
 
 @dataclass
@@ -74,10 +95,23 @@ class LogitLensResult(Result):
                         })
         return pd.DataFrame(rows)
 
+    def first_slot_ranks(self) -> dict[str, dict[str, Tensor]]:
+        """Per group, per-example ranks ``(n, points)`` at the first answer slot of the true
+        label (every group) and of the noisy label (noisy examples)."""
+        ti, ni = self.targets.index("true"), self.targets.index("noisy")
+        out = {}
+        for group, rank in self.rank.items():
+            out[group] = {"true": rank[:, :, 0, ti]}
+            if group == "train_noisy":
+                out[group]["noisy"] = rank[:, :, 0, ni]
+        return out
+
     def summary(self) -> dict:
         """On noisy examples (all answer slots pooled): where the true label's probability peaks,
         and the point from which on the noisy label is top-1 more often than the true label at
-        every later point (None if it never stays ahead). Per-point lists keep layer order."""
+        every later point (None if it never stays ahead). Per-point lists keep layer order.
+        ``first_slot``: the takeover point at the first answer slot (no answer token visible),
+        and every group's per-example ranks there (claim 3c)."""
         if "train_noisy" not in self.prob or len(self.prob["train_noisy"]) == 0:
             return {}
         prob, rank = self.prob["train_noisy"], self.rank["train_noisy"]
@@ -85,14 +119,17 @@ class LogitLensResult(Result):
         true_mean = prob[..., ti].mean(dim=(0, 2))
         true_top1 = (rank[..., ti] == 0).float().mean(dim=(0, 2))
         noisy_top1 = (rank[..., ni] == 0).float().mean(dim=(0, 2))
-        ahead = (noisy_top1 > true_top1).tolist()
-        wins_from = None
-        for p in reversed(range(len(ahead))):  # the start of the final run of "noisy ahead"
-            if not ahead[p]:
-                break
-            wins_from = p
+        pooled = [rank[..., i].transpose(1, 2).flatten(0, 1) for i in (ti, ni)]  # (n * slots, points)
+        wins_from = takeover_point(*pooled)
         peak = int(true_mean.argmax())
+        first = self.first_slot_ranks()
+        takeover = takeover_point(first["train_noisy"]["true"], first["train_noisy"]["noisy"])
         return {
+            "first_slot": {
+                "takeover_index": takeover,
+                "takeover_point": None if takeover is None else self.points[takeover],
+                "ranks": {g: {t: r.int().tolist() for t, r in ranks.items()} for g, ranks in first.items()},
+            },
             "points": list(self.points),
             "noisy_true_prob_peak_point": self.points[peak],
             "noisy_true_prob_peak": float(true_mean[peak]),
@@ -101,11 +138,12 @@ class LogitLensResult(Result):
             "noisy_label_wins_from_point": None if wins_from is None else self.points[wins_from],
         }
 
-    def figure(self):
+    @staticmethod
+    def render(data: dict):
         """Mean probability by residual point, one curve per group and target, IQR band."""
         import plotly.graph_objects as go
 
-        frame = self.to_frame()
+        frame = pd.DataFrame(data["frame"])
         pooled = frame.groupby(["group", "target", "point_index", "point"], as_index=False)[
             ["mean_prob", "q25_prob", "q75_prob"]].mean()
         fig = go.Figure()
@@ -119,9 +157,11 @@ class LogitLensResult(Result):
                             hoverinfo="skip")
             fig.add_scatter(x=part["point"], y=part["mean_prob"], mode="lines+markers", name=label,
                             legendgroup=label)
-        fig.update_layout(title="Logit lens: probability of each target by residual point",
+        takeover = (data["summary"].get("first_slot") or {}).get("takeover_point")
+        fig.update_layout(title="Logit lens: probability of each target by residual point"
+                          + (f" (noisy label takes over at {takeover}, first slot)" if takeover else ""),
                           xaxis_title="residual stream point", yaxis_title="probability",
-                          yaxis_range=[0, 1])
+                          yaxis_range=[0, 1], height=400)
         return fig
 
 

@@ -1,11 +1,11 @@
 """Neuron patching: set chosen MLP neurons to given values and measure what the model still does.
 
-The question (claim 6 of the paper): if the neurons whose activations shift on noisy examples
-(:func:`~memlens.analysis.heuristics.score_outliers`) are set back to what their clean pattern
-predicts for the same input, does the model forget the memorized noisy labels, while clean
-accuracy holds? Against two controls with as many neurons: random neurons of the same table,
-and the neurons most important for clean examples (largest mean |activation x gradient| of the
-clean labels' log-probability), each also set to its clean prediction.
+The question (claim 6): if the neurons whose activations shift on noisy examples
+(:func:`~memlens.analysis.heuristics.score_outliers`, chosen on one half of the noisy examples)
+are set back to what their clean pattern predicts for the same input, on the *other* half, does
+the model forget the memorized noisy labels while clean accuracy holds? Against controls with as
+many neurons: other (non-outlier) heuristic neurons, and random neurons of the same table, each
+also set to its clean prediction.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from memlens.analysis.common import AnalysisError, Result, model_device
-from memlens.analysis.heuristics import HeuristicResult, OutlierResult, _lookup, task_features
+from memlens.analysis.heuristics import HeuristicResult, OutlierResult, candidate_features, lookup
 from memlens.analysis.neurons import NeuronTable
 from memlens.tasks.base import Examples
-from memlens.training.metrics import answer_logits
+from memlens.training.metrics import answer_logits, with_answer
 
 Neuron = tuple[int, int, int]  # (layer, position, neuron)
 
@@ -76,96 +76,98 @@ def logits_with_neurons(model, examples: Examples, neurons: list[Neuron],
     return torch.cat(out)
 
 
-def _exact(logits: Tensor, target: Tensor) -> float:
-    return float((logits.argmax(-1) == target).all(-1).float().mean()) if len(target) else float("nan")
-
-
-def clean_importance(model, clean: Examples, table: NeuronTable, batch_size: int = 512) -> Float[Tensor, " k"]:
-    """Mean |activation x gradient| of the clean labels' log-probability, per table neuron."""
-    device = model_device(model)
-    names = [f"blocks.{layer}.mlp.hook_post" for layer in table.layers]
-    pos = torch.tensor(table.positions, device=device)
-    total = torch.zeros(len(table.layers), len(table.positions), table.acts.shape[-1], device=device)
-    for start in range(0, len(clean), batch_size):
-        batch = clean[start:start + batch_size]
-        kept = {}
-
-        def keep(act, hook):
-            act.retain_grad()
-            kept[hook.name] = act
-            return act
-
-        with model.hooks(fwd_hooks=[(n, keep) for n in names]):
-            logits = answer_logits(model, batch.tokens.to(device), batch.answer_pos.to(device))
-            logp = logits.float().log_softmax(-1).gather(-1, batch.labels.to(device)[..., None]).sum()
-            logp.backward()
-        for i, name in enumerate(names):
-            act = kept[name]
-            total[i] += (act[:, pos] * act.grad[:, pos]).abs().sum(0).detach()
-    model.zero_grad(set_to_none=True)
-    return (total / len(clean)).flatten().cpu()
+def _exact(logits: Tensor, target: Tensor) -> Tensor:
+    """Per example: 1 when every answer slot's argmax is the target."""
+    return (logits.argmax(-1) == target).all(-1).float()
 
 
 @dataclass
 class NeuronPatchingResult(Result):
+    """Noisy recall (evaluation half) and clean accuracy with neurons set to their clean
+    predictions: the outliers, and as many other heuristic neurons (``control_draws`` draws) and
+    random neurons. ``per_example``: recall per noisy evaluation example per variant (the
+    control's is the mean over draws)."""
+
     frame: pd.DataFrame
+    per_example: dict[str, list[float]]
+    n_control: int
+    name = "neuron_patching"
 
     def to_frame(self) -> pd.DataFrame:
         return self.frame
 
     def summary(self) -> dict:
-        return {"table": self.frame.to_dict(orient="records")}
+        return {"table": self.frame.to_dict(orient="records"), "n_control": self.n_control,
+                "examples": self.per_example}
 
-    def figure(self):
+    @staticmethod
+    def render(data: dict):
         import plotly.express as px
 
-        return px.bar(self.frame, x="variant", y=["noisy_memorized_acc", "train_clean_acc"],
-                      barmode="group", title="Neurons set to their clean prediction")
+        return px.bar(pd.DataFrame(data["frame"]), x="variant",
+                      y=["noisy_memorized_acc", "noisy_true_acc", "train_clean_acc"], barmode="group",
+                      title="Neurons set to their clean prediction (noisy: held-out half)")
 
 
 def neuron_patching(model, examples: Examples, table: NeuronTable, outliers: OutlierResult, *,
-                    random_draws: int = 3, seed: int = 0) -> NeuronPatchingResult:
-    """Noisy recall and clean accuracy with the outlier neurons set to their clean predictions,
-    beside as many random neurons and as many clean-important neurons (the controls)."""
+                    control_draws: int = 10, random_draws: int = 3, seed: int = 0) -> NeuronPatchingResult:
+    """Set the outliers (chosen on the noisy selection half) to their clean lookup predictions
+    on the noisy *evaluation* half and on held-out clean examples; beside it, as many non-outlier
+    heuristic neurons (``control_draws`` draws) and as many random neurons. Noisy examples are
+    scored against their noisy label (recall) and, with the true label teacher-forced, against
+    their true label."""
     heur: HeuristicResult = outliers.heuristics
     chosen = outliers.outliers.nonzero()[:, 0]
     k = len(chosen)
     if k == 0:
         raise AnalysisError("no outlier neurons to patch (lower z_threshold, or the model has "
                             "not memorized the noise)")
-    feats = task_features(examples)
-    clean, noisy = ~examples.is_noisy, examples.is_noisy
+    feats = candidate_features(examples, None, heur.heuristic_families)
+    clean_idx = (~examples.is_noisy).nonzero().flatten()
+    noisy_idx = examples.is_noisy.nonzero().flatten()
+    fit_rows = clean_idx[outliers.clean_fit]
+    groups = {"noisy": noisy_idx[~outliers.selection], "clean": clean_idx[~outliers.clean_fit]}
     acts = table.acts.flatten(1)
+    forced = Examples(**{**vars(examples), "tokens": with_answer(examples, examples.true_labels)})
+    forced_feats = candidate_features(forced, None, heur.heuristic_families)
 
-    def predicted(cols: Tensor) -> Tensor:
-        out = torch.empty(len(examples), len(cols))
+    def predicted(cols: Tensor, rows: Tensor, feature_set) -> Tensor:
+        out = torch.empty(len(rows), len(cols))
         for j, col in enumerate(cols.tolist()):
-            values = feats[heur.best_feature[col]][1]
-            out[:, j] = _lookup(values, values[clean], acts[clean][:, col:col + 1])[:, 0]
+            values = feature_set.values[heur.best_feature[col]][1]
+            out[:, j] = lookup(values[rows], feats.values[heur.best_feature[col]][1][fit_rows],
+                               acts[fit_rows][:, col:col + 1].double())[:, 0].float()
         return out
 
-    def neurons_of(cols: Tensor) -> list[Neuron]:
-        n_pos, d_mlp = len(table.positions), table.acts.shape[-1]
-        return [(table.layers[c // (n_pos * d_mlp)], table.positions[(c // d_mlp) % n_pos], c % d_mlp)
-                for c in cols.tolist()]
+    def measure(cols: Tensor | None) -> dict[str, Tensor]:
+        neurons = [] if cols is None else [heur.coords(c) for c in cols.tolist()]
+        out = {}
+        for key, rows, ex, fs, target in (
+                ("recall", groups["noisy"], examples, feats, "labels"),
+                ("true", groups["noisy"], forced, forced_feats, "true_labels"),
+                ("clean", groups["clean"], examples, feats, "labels")):
+            vals = None if cols is None else predicted(cols, rows, fs)
+            logits = logits_with_neurons(model, ex[rows], neurons, vals)
+            out[key] = _exact(logits, getattr(ex, target)[rows])
+        return out
 
-    def measure(variant: str, cols: Tensor | None) -> dict:
-        vals = None if cols is None else predicted(cols)
-        neurons = [] if cols is None else neurons_of(cols)
-        logits = logits_with_neurons(model, examples, neurons, vals)
-        return {"variant": variant, "n_neurons": 0 if cols is None else len(cols),
-                "noisy_memorized_acc": _exact(logits[noisy], examples.labels[noisy]),
-                "noisy_true_acc": _exact(logits[noisy], examples.true_labels[noisy]),
-                "train_clean_acc": _exact(logits[clean], examples.labels[clean])}
-
-    rows = [measure("none", None), measure("outlier neurons", chosen)]
     gen = torch.Generator().manual_seed(seed)
-    draws = [measure("random neurons", torch.randperm(acts.shape[1], generator=gen)[:k])
-             for _ in range(random_draws)]
-    mean_draw = {key: sum(d[key] for d in draws) / len(draws) for key in draws[0]
-                 if key not in ("variant", "n_neurons")}
-    mean_draw = {"variant": f"random neurons (mean of {random_draws})", "n_neurons": k, **mean_draw}
-    rows.append(mean_draw)
-    importance = clean_importance(model, examples[clean], table)
-    rows.append(measure("clean-important neurons", importance.topk(k).indices))
-    return NeuronPatchingResult(frame=pd.DataFrame(rows))
+    pool = (heur.is_heuristic & ~outliers.outliers).nonzero()[:, 0]
+    n_control = min(k, len(pool))
+    variants = {"none": [measure(None)], "outlier neurons": [measure(chosen)],
+                "other heuristic neurons": [measure(pool[torch.randperm(len(pool), generator=gen)[:n_control]])
+                                            for _ in range(control_draws)] if n_control else [],
+                "random neurons": [measure(torch.randperm(acts.shape[1], generator=gen)[:k])
+                                   for _ in range(random_draws)]}
+    rows, per_example = [], {}
+    for variant, draws in variants.items():
+        if not draws:
+            continue
+        mean = {key: torch.stack([d[key] for d in draws]).mean(0) for key in draws[0]}
+        per_example[variant] = mean["recall"].tolist()
+        rows.append({"variant": variant, "draws": len(draws),
+                     "n_neurons": 0 if variant == "none" else (n_control if variant.startswith("other") else k),
+                     "noisy_memorized_acc": float(mean["recall"].mean()),
+                     "noisy_true_acc": float(mean["true"].mean()),
+                     "train_clean_acc": float(mean["clean"].mean())})
+    return NeuronPatchingResult(frame=pd.DataFrame(rows), per_example=per_example, n_control=n_control)

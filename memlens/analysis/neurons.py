@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
@@ -57,22 +58,30 @@ class NeuronTable(Result):
         return {"n": len(self.acts), "n_noisy": int(self.is_noisy.sum()), "layers": self.layers,
                 "positions": self.positions, "d_mlp": self.acts.shape[-1]}
 
-    def figure(self, layer: int | None = None):
+    @staticmethod
+    def render(data: dict, layer: int | None = None):
         """Mean activation per neuron and position at ``layer`` (default the last), clean
         against noisy examples."""
         import plotly.express as px
 
-        layer = self.layers[-1] if layer is None else layer
-        if layer not in self.layers:
-            raise AnalysisError(f"layer {layer} is not in this table (layers {self.layers})")
-        li = self.layers.index(layer)
-        panels = [self.mean(False)[li]] + ([self.mean(True)[li]] if self.is_noisy.any() else [])
-        fig = px.imshow(torch.stack(panels).numpy(), facet_col=0, aspect="auto",
-                        y=[str(p) for p in self.positions], labels={"x": "neuron", "y": "position"},
-                        color_continuous_scale="Viridis")
-        for i, name in enumerate(["clean", "noisy"][: len(panels)]):
+        frame = pd.DataFrame(data["frame"])
+        layers = data["summary"]["layers"]
+        layer = layers[-1] if layer is None else layer
+        if layer not in layers:
+            raise AnalysisError(f"layer {layer} is not in this table (layers {layers})")
+        part = frame[frame["layer"] == layer]
+        groups = [g for g in ("clean", "noisy") if (part["group"] == g).any()]
+        panels = [part[part["group"] == g].pivot(index="position", columns="neuron", values="mean").values
+                  for g in groups]
+        fig = px.imshow(np.stack(panels), facet_col=0, aspect="auto",
+                        y=[str(p) for p in data["summary"]["positions"]],
+                        labels={"x": "neuron", "y": "position"}, color_continuous_scale="Viridis")
+        for i, name in enumerate(groups):
             fig.layout.annotations[i].text = f"{name}: mean activation, layer {layer}"
         return fig
+
+    def figure(self, layer: int | None = None):
+        return self.render(self.to_json(), layer)
 
 
 @torch.no_grad()

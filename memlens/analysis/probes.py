@@ -7,6 +7,9 @@ The objective per probe matches scikit-learn's ``LogisticRegression(C=1)``: summ
 plus ``0.5 * ||W||^2``; the sum over probes is separable, so the joint optimum is each probe's own.
 
 Controls beside each accuracy: the majority-class baseline and a probe fitted on shuffled labels.
+:func:`probe_study` is claim 3's design: sites restricted to the task's eligible positions, the
+site chosen on a separate clean split, a probe on the untrained model as a further control, and
+per-example correctness at the chosen site for the scorecard's bootstrap.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import torch
 from torch import Tensor
 
 from memlens.analysis.common import (
-    AnalysisError, Result, cached_activations, check_examples, check_positions, model_device,
+    AnalysisError, Result, analysis_subset, cached_activations, check_examples, check_positions,
+    model_device,
 )
 from memlens.tasks.base import Examples
 
@@ -169,12 +173,14 @@ class ProbeResult(Result):
     def summary(self) -> dict:
         return {"best": self.best().to_dict(orient="records"), "site_limits": self.site_limits}
 
-    def figure(self, target: str | None = None, group: str = "clean_heldout"):
+    @staticmethod
+    def render(data: dict, target: str | None = None, group: str = "clean_heldout"):
         """Heatmap of probe accuracy, residual point x position, for one target."""
         import plotly.express as px
 
-        target = target or self.frame["target"].iloc[0]
-        part = self.frame[(self.frame["target"] == target) & (self.frame["group"] == group)]
+        frame = pd.DataFrame(data["frame"])
+        target = target or frame["target"].iloc[0]
+        part = frame[(frame["target"] == target) & (frame["group"] == group)]
         grid = part.pivot(index="point", columns="position", values="accuracy")
         grid = grid.loc[list(dict.fromkeys(part["point"]))]
         fig = px.imshow(grid, zmin=0, zmax=1, color_continuous_scale="Viridis", aspect="auto",
@@ -182,11 +188,22 @@ class ProbeResult(Result):
                         title=f"Probe accuracy for {target} on {group}")
         return fig
 
+    def figure(self, target: str | None = None, group: str = "clean_heldout"):
+        return self.render(self.to_json(), target, group)
+
 
 def probe_points(n_layers: int) -> list[tuple[str, str]]:
     """Residual points probed: the input of every layer and the final residual."""
     points = [(f"L{layer}.pre", f"blocks.{layer}.hook_resid_pre") for layer in range(n_layers)]
     return points + [(f"L{n_layers - 1}.post", f"blocks.{n_layers - 1}.hook_resid_post")]
+
+
+def probe_features(model, examples: Examples, positions: list[int], chunk_size: int = 1024) -> Tensor:
+    """Residual activations ``(n, points * positions, d_model)`` at every probe point (outer)
+    and position (inner), on the model's device."""
+    hooks = [h for _, h in probe_points(model.cfg.n_layers)]
+    acts = cached_activations(model, examples.tokens, hooks, positions, chunk_size)
+    return torch.stack([acts[h] for h in hooks], 1).flatten(1, 2).float().to(model_device(model))
 
 
 def fit_probes(model, fit: Examples, evaluate: dict[str, Examples], variables: list[str] | str,
@@ -196,8 +213,9 @@ def fit_probes(model, fit: Examples, evaluate: dict[str, Examples], variables: l
     """Fit probes for ``variables`` on ``fit`` examples; score them on every ``evaluate`` group.
 
     Noisy examples keep intermediates computed from their true inputs, so their probe accuracy
-    says whether the model still computes the intermediate where it memorized the label. For THR,
-    atomic facts are left out (their "bridge" is the answer). ``site_limits`` maps a target label
+    says whether the model still computes the intermediate where it memorized the label. Only
+    examples of the kind that can carry noise are probed (``TaskBase.analysis_mask``: for THR,
+    atomic facts are left out, their "bridge" is the answer). ``site_limits`` maps a target label
     to the last position eligible as its best site (``ProbeResult.best``).
 
     >>> from memlens.tasks import make_task
@@ -219,24 +237,19 @@ def fit_probes(model, fit: Examples, evaluate: dict[str, Examples], variables: l
             raise AnalysisError(f"unknown intermediate {v!r}; valid names: {probe_variables(fit)}")
     positions = check_positions(fit.tokens.shape[1], positions)
 
-    def two_hop(ex: Examples) -> Examples:
-        return ex[ex.intermediates["n_hops"] == 2] if "n_hops" in ex.intermediates else ex
-
-    fit = two_hop(fit)
-    evaluate = {k: two_hop(v) for k, v in evaluate.items()}
+    fit = analysis_subset(fit)
+    evaluate = {k: analysis_subset(v) for k, v in evaluate.items()}
     for name, ex in {"fit": fit, **evaluate}.items():
         if len(ex) == 0:
             raise AnalysisError(f"group {name!r} has no examples to probe")
     points = probe_points(model.cfg.n_layers)
-    hooks = [h for _, h in points]
 
     def features(ex: Examples) -> Tensor:
-        acts = cached_activations(model, ex.tokens, hooks, positions, chunk_size)
-        return torch.stack([acts[h] for h in hooks], 1).flatten(1, 2).float()  # (n, P*S, d)
+        return probe_features(model, ex, positions, chunk_size)
 
     # Probes fit where the model runs: on a GPU the batched L-BFGS is the bulk of the work.
     device = model_device(model)
-    x_fit = features(fit).to(device)
+    x_fit = features(fit)
     mean, std = x_fit.mean(0), x_fit.std(0).clamp(min=1e-6)
     x_fit = _standardize(x_fit, mean, std)
     targets = [t for v in variables for t in probe_targets(fit, v)]
@@ -252,7 +265,7 @@ def fit_probes(model, fit: Examples, evaluate: dict[str, Examples], variables: l
     labels = [(p, pos) for p, _ in points for pos in positions]
     rows = []
     for group, ex in evaluate.items():
-        x = _standardize(features(ex).to(device), mean, std)
+        x = _standardize(features(ex), mean, std)
         y = torch.stack([t.values(ex) for t in targets], 1).to(device)
         hit = (predict_probes(x, weight, bias, n_classes) == y[:, None]).float().mean(0).cpu()  # (K, T)
         hit_shuf = ((predict_probes(x, w_shuf, b_shuf, n_classes) == y[:, None]).float().mean(0).cpu()
@@ -266,3 +279,150 @@ def fit_probes(model, fit: Examples, evaluate: dict[str, Examples], variables: l
                              "accuracy": float(hit[k, ti]), "majority": maj,
                              "shuffled": float(hit_shuf[k, ti])})
     return ProbeResult(frame=pd.DataFrame(rows), site_limits=dict(site_limits or {}))
+
+
+@dataclass
+class ProbeStudyResult(Result):
+    """Claim 3's probes: per target, the eligible sites' accuracies, the chosen site, its
+    controls, and per-example correctness there (``examples[group]``: 0/1 lists)."""
+
+    frame: pd.DataFrame
+    targets: list[dict]
+    allowed_points: list[str]
+    takeover_point: str | None = None
+    name = "probes"
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.frame
+
+    def summary(self) -> dict:
+        return {"allowed_points": self.allowed_points, "takeover_point": self.takeover_point,
+                "targets": self.targets}
+
+    @staticmethod
+    def render(data: dict):
+        """Per target, at its chosen site: accuracy on held-out clean examples, on noisy examples
+        (as trained and with the true label forced) and the control."""
+        import plotly.graph_objects as go
+
+        targets = data["summary"]["targets"]
+        labels = [f"{t['label']} @ {t['site']['point']}, pos {t['site']['position']}" for t in targets]
+        fig = go.Figure()
+        for key, name in (("heldout", "held-out clean"), ("noisy", "noisy"),
+                          ("noisy_true_forced", "noisy, true label forced")):
+            fig.add_bar(x=labels, y=[t["accuracy"].get(key) for t in targets], name=name)
+        fig.add_scatter(x=labels, y=[t["control"] for t in targets], mode="markers", name="control",
+                        marker={"symbol": "line-ew-open", "size": 28, "color": "black"})
+        takeover = data["summary"].get("takeover_point")
+        fig.update_layout(title="Probes at each intermediate's chosen eligible site"
+                          + (f" (sites before {takeover})" if takeover else ""), barmode="group",
+                          yaxis_title="accuracy", yaxis_range=[0, 1], height=400)
+        return fig
+
+
+def _probe_accuracy(x: Tensor, y: Tensor, weight: Tensor, bias: Tensor, n_classes: list[int]) -> Tensor:
+    """Per-example correctness ``(n, K, T)`` of every probe."""
+    return predict_probes(x, weight, bias, n_classes) == y[:, None]
+
+
+def probe_study(model, groups: dict[str, Examples], entries: list[tuple[str, int | None]],
+                eligible: dict[str, list[int]], *, allowed_points: list[str] | None = None,
+                takeover_point: str | None = None, control_model=None, seed: int = 0, max_iter: int = 100,
+                chunk_size: int = 1024) -> ProbeStudyResult:
+    """Probes for claim 3: fit on ``groups["fit"]``, choose each target's site on
+    ``groups["select"]`` among ``eligible[label]`` positions x ``allowed_points``, evaluate there
+    on every other group (per example); ``takeover_point`` (recorded) is where the noisy label
+    takes over, which ``allowed_points`` precede. Controls at the chosen site, on ``groups["heldout"]``:
+    the majority class, a probe fitted on shuffled targets, and (``control_model``, e.g. the
+    untrained model) a probe fitted on that model's activations.
+
+    ``entries`` are ``(intermediate, column)`` pairs; intermediates with more than 100 values
+    are probed per decimal digit (``ProbeTarget``), entities as a whole.
+
+    >>> from memlens.tasks import make_task
+    >>> from memlens.models import build_model, ModelConfig
+    >>> task = make_task("fda", preset="tiny")
+    >>> model = build_model(ModelConfig(n_layers=1, d_model=32, n_heads=2), task, seed=0)
+    >>> c = task.generate(0).splits["train_clean"]
+    >>> res = probe_study(model, {"fit": c[:300], "select": c[300:500], "heldout": c[500:700]},
+    ...                   [("carry", 1)], {"carry[1]": task.eligible_positions("carry", 1)}, max_iter=10)
+    >>> res.targets[0]["label"], sorted(res.targets[0]["examples"])
+    ('carry[1]', ['heldout', 'select'])
+    """
+    for name in ("fit", "select", "heldout"):
+        if name not in groups:
+            raise AnalysisError(f"probe_study needs a {name!r} group; got {sorted(groups)}")
+    groups = {k: analysis_subset(v) for k, v in groups.items()}
+    for name, ex in groups.items():
+        check_examples(model, ex, f"group {name!r}")
+    fit = groups["fit"]
+    targets: list[ProbeTarget] = []
+    for variable, column in entries:
+        found = [t for t in probe_targets(fit, variable) if t.column == column]
+        if not found:
+            raise AnalysisError(f"{variable!r} has no column {column!r} to probe")
+        for t in found:
+            if t.label.split(".digit")[0] not in eligible:
+                raise AnalysisError(f"no eligible positions given for {t.label!r}")
+        targets += found
+    base_label = {t.label: t.label.split(".digit")[0] for t in targets}
+    positions = sorted({p for t in targets for p in eligible[base_label[t.label]]})
+    positions = check_positions(fit.tokens.shape[1], positions)
+    point_names = [p for p, _ in probe_points(model.cfg.n_layers)]
+    allowed = point_names if allowed_points is None else [p for p in point_names if p in allowed_points]
+    if not allowed:
+        raise AnalysisError(f"allowed_points={allowed_points!r} names none of {point_names}")
+    sites = [(p, pos) for p in point_names for pos in positions]
+    n_classes = [t.n_classes for t in targets]
+    device = model_device(model)
+    labels = {k: torch.stack([t.values(v) for t in targets], 1).to(device) for k, v in groups.items()}
+
+    def fitted(net, y_fit):
+        """Probes fitted on ``net``'s activations; returns group name -> correctness (n, K, T)."""
+        x = probe_features(net, fit, positions, chunk_size)
+        mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+        w, b = fit_softmax_probes(_standardize(x, mean, std), y_fit, n_classes, max_iter=max_iter)
+
+        def correctness(group: str) -> Tensor:
+            z = _standardize(probe_features(net, groups[group], positions, chunk_size), mean, std)
+            return _probe_accuracy(z, labels[group], w, b, n_classes).cpu()
+        return correctness
+
+    trained = fitted(model, labels["fit"])
+    correct = {k: trained(k) for k in groups if k != "fit"}  # (n, K, T) each
+    gen = torch.Generator().manual_seed(seed)
+    shuffled = fitted(model, labels["fit"][torch.randperm(len(fit), generator=gen).to(device)])
+    heldout_shuffled = shuffled("heldout").float().mean(0)
+    heldout_untrained = (fitted(control_model, labels["fit"])("heldout").float().mean(0)
+                         if control_model is not None else None)
+    majority = [int(torch.bincount(labels["fit"][:, i], minlength=c).argmax()) for i, c in enumerate(n_classes)]
+
+    rows, out = [], []
+    for ti, t in enumerate(targets):
+        ok_pos = set(eligible[base_label[t.label]])
+        keep = [k for k, (p, pos) in enumerate(sites) if pos in ok_pos]
+        for group, hits in correct.items():
+            for k in keep:
+                rows.append({"target": t.label, "variable": t.variable, "point": sites[k][0],
+                             "position": sites[k][1], "group": group, "n": len(hits),
+                             "accuracy": float(hits[:, k, ti].float().mean())})
+        choosable = [k for k in keep if sites[k][0] in allowed]
+        if not choosable:
+            continue
+        select_acc = correct["select"][:, choosable, ti].float().mean(0)
+        k = choosable[int(select_acc.argmax())]
+        held_y = labels["heldout"][:, ti].cpu()
+        controls = {"majority": float((held_y == majority[ti]).float().mean()),
+                    "shuffled": float(heldout_shuffled[k, ti])}
+        if heldout_untrained is not None:
+            controls["untrained"] = float(heldout_untrained[k, ti])
+        out.append({
+            "label": t.label, "variable": t.variable, "column": t.column, "digit": t.digit,
+            "n_classes": t.n_classes, "site": {"point": sites[k][0], "position": sites[k][1]},
+            "eligible_positions": sorted(ok_pos), "select_accuracy": float(select_acc.max()),
+            "controls": controls, "control": max(controls.values()),
+            "accuracy": {g: float(h[:, k, ti].float().mean()) for g, h in correct.items()},
+            "examples": {g: h[:, k, ti].int().tolist() for g, h in correct.items()},
+        })
+    return ProbeStudyResult(frame=pd.DataFrame(rows), targets=out, allowed_points=allowed,
+                            takeover_point=takeover_point)

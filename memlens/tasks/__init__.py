@@ -1,18 +1,38 @@
-"""Synthetic tasks with intermediate results and label noise: FDA (addition) and THR (two-hop)."""
+"""Synthetic tasks with intermediate results and label noise: FDA (addition) and THR (two-hop).
+
+Every task follows the protocol of :mod:`memlens.tasks.protocol` (docs/tasks.md); ``TASKS`` maps
+a name to its (config class, task class), and :func:`register_task` adds one.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 
 from memlens.config import ConfigError, apply_overrides
 from memlens.tasks.base import SPLITS, Dataset, Examples
 from memlens.tasks.fda import FDAConfig, FDALayout, FDATask
+from memlens.tasks.protocol import (
+    CounterfactualPairs, Intermediate, MatchedPairs, Neighbours, TaskBase, TaskError,
+)
 from memlens.tasks.thr import THRConfig, THRTask
 from memlens.tasks.tokenizer import MemlensTokenizer
 
-TASKS = {"fda": (FDAConfig, FDATask), "thr": (THRConfig, THRTask)}
+TASKS: dict[str, tuple[type, type]] = {"fda": (FDAConfig, FDATask), "thr": (THRConfig, THRTask)}
 
-Task = FDATask | THRTask
+Task = TaskBase
+
+
+def register_task(name: str, config_cls: type, task_cls: type) -> None:
+    """Make a task available by name to ``make_task``, run directories and the command line.
+
+    ``config_cls`` is a frozen dataclass that validates itself; ``task_cls(config)`` follows
+    :class:`~memlens.tasks.protocol.TaskBase`. Registering a name again replaces it.
+    """
+    if not issubclass(task_cls, TaskBase):
+        raise TypeError(f"{task_cls.__name__} must derive from memlens.tasks.TaskBase")
+    TASKS[name] = (config_cls, task_cls)
 
 
 def task_config(name: str, preset: str | None = None, **overrides: Any) -> FDAConfig | THRConfig:
@@ -55,9 +75,10 @@ def task_from_config(name: str, config: dict[str, Any]) -> Task:
 
 
 __all__ = [
-    "SPLITS", "TASKS", "Dataset", "Examples", "FDAConfig", "FDALayout", "FDATask",
-    "MemlensTokenizer", "THRConfig", "THRTask", "Task", "make_task", "task_config",
-    "task_from_config", "task_for", "dataset_for",
+    "SPLITS", "TASKS", "CounterfactualPairs", "Dataset", "Examples", "FDAConfig", "FDALayout",
+    "FDATask", "Intermediate", "MatchedPairs", "MemlensTokenizer", "Neighbours", "THRConfig",
+    "THRTask", "Task", "TaskBase", "TaskError", "dataset_for", "make_task", "register_task",
+    "task_config", "task_from_config", "task_for",
 ]
 
 
@@ -70,5 +91,13 @@ def task_for(examples: Examples) -> Task:
 
 
 def dataset_for(examples: Examples) -> Dataset:
-    """Regenerate the whole dataset that ``examples`` came from (same config and seed)."""
-    return task_for(examples).generate(examples.origin["seed"])
+    """Regenerate the whole dataset that ``examples`` came from (same config and seed); the
+    last few are cached, since recipes and analyses ask for the same one many times."""
+    task_for(examples)  # refuses Examples without an origin
+    origin = examples.origin
+    return _generate(origin["task"], json.dumps(origin["config"], sort_keys=True), origin["seed"])
+
+
+@functools.lru_cache(maxsize=4)
+def _generate(name: str, config_json: str, seed: int) -> Dataset:
+    return task_from_config(name, json.loads(config_json)).generate(seed)

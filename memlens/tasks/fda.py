@@ -33,8 +33,10 @@ import numpy as np
 import torch
 
 from memlens.config import require, require_choice, require_int, require_number
+from memlens.tasks import fda_analysis
 from memlens.tasks.base import Dataset, Examples
 from memlens.tasks.noise import NOISE_MODES, choose_noisy, draw_other
+from memlens.tasks.protocol import ALL_CLAIMS, Intermediate, TaskBase
 from memlens.tasks.tokenizer import MemlensTokenizer
 
 DIGITS = [str(d) for d in range(10)]
@@ -68,7 +70,7 @@ class FDAConfig:
                 self.n_train + self.n_test,
                 f"at most {self.input_space}, the number of distinct inputs with "
                 f"{self.n_operands} operands of {self.n_digits} digits")
-        require_number(self.noise_rate, "noise_rate", 0.0, 1.0, high_open=True)
+        require_number(self.noise_rate, "noise_rate", 0.0, 1.0)
         require_choice(self.noise_mode, "noise_mode", NOISE_MODES["fda"])
 
     @property
@@ -153,7 +155,7 @@ class FDALayout:
         return out
 
 
-class FDATask:
+class FDATask(TaskBase):
     """Generator of FDA datasets with intermediates and label noise.
 
     >>> task = FDATask(FDAConfig(n_train=200, n_test=50))
@@ -163,6 +165,8 @@ class FDATask:
     """
 
     name = "fda"
+    claims = ALL_CLAIMS
+    heuristic_families = fda_analysis.HEURISTIC_FAMILIES
 
     def __init__(self, config: FDAConfig | None = None):
         self.config = config or FDAConfig()
@@ -176,8 +180,78 @@ class FDATask:
 
     @property
     def intermediate_names(self) -> tuple[str, ...]:
-        names = ("operand", "column_sum", "carry", "answer_digit", "sum")
-        return names + (("partial_sum",) if self.config.n_operands > 2 else ())
+        return tuple(spec.name for spec in self.intermediates())
+
+    @property
+    def answer_pos(self) -> list[int]:
+        return self.layout.answer_pos
+
+    # -- the task protocol (memlens.tasks.protocol) ---------------------------------------------
+    def intermediates(self) -> list[Intermediate]:
+        c = self.config
+        both = ("change", "preserve")
+        specs = [
+            Intermediate("operand", tuple(range(c.n_operands)), "the operand values", probe=False),
+            Intermediate("column_sum", tuple(range(c.n_digits)),
+                         "sum of the operands' digits in column c (0 = units)",
+                         claims=(3, 4, 5), kinds=both),
+            Intermediate("carry", tuple(range(c.n_digits + 1)),
+                         "carry into column c (carry[0] is always 0)", claims=(3,), kinds=both,
+                         recipe_columns=tuple(range(1, c.n_digits + 1))),
+            Intermediate("answer_digit", tuple(range(c.answer_width)), "digit of the true sum in column c"),
+            Intermediate("sum", (None,), "the true sum", probe=False),
+        ]
+        if c.n_operands > 2:
+            specs.append(Intermediate("partial_sum", tuple(range(c.n_operands - 2)),
+                                      "running sum of the first j + 2 operands", kinds=("change",)))
+        return specs
+
+    def prompt_positions(self) -> list[int]:
+        lay = self.layout
+        return sorted(lay.operand_digit_pos(k, col) for k in range(self.config.n_operands)
+                      for col in range(self.config.n_digits))
+
+    def answer_slots_revealing(self, name: str, column: int | None) -> list[int]:
+        """An answer token of column j reveals the intermediates that involve column j:
+        ``column_sum[c]`` and ``answer_digit[c]`` involve column c, ``carry[c]`` columns c - 1
+        and c; operands, partial sums and the sum involve every column."""
+        self.check_entry(name, column)
+        width = self.config.answer_width
+        if name in ("column_sum", "answer_digit"):
+            involved = {column}
+        elif name == "carry":
+            involved = {column - 1, column} & set(range(width))
+        else:
+            involved = set(range(width))
+        return [i for i in range(width) if self.layout.answer_column(i) in involved]
+
+    def checked_intermediates(self) -> tuple[str, ...]:
+        return fda_analysis.CHECKED
+
+    def counterfactuals(self, examples, name, column, kind, rng):
+        return fda_analysis.counterfactuals(self, examples, name, column, kind, rng)
+
+    def neighbours(self, dataset, noisy, seed, max_per_example=4):
+        return fda_analysis.neighbours(self, dataset, noisy, seed, max_per_example)
+
+    def neuron_features(self, examples):
+        return fda_analysis.neuron_features(examples)
+
+    def input_slots(self):
+        digits = [self.tokenizer.token_to_id(str(d)) for d in range(10)]
+        singles, groups = {}, {}
+        for k in range(self.config.n_operands):
+            names = [f"a{k}.c{col}" for col in range(self.config.n_digits)]
+            for col, name in enumerate(names):
+                singles[name] = ([self.layout.operand_digit_pos(k, col)], digits)
+            groups[f"operand_{k}"] = names
+        return singles, groups
+
+    def answer_columns(self) -> list[int]:
+        return [self.layout.answer_column(i) for i in range(self.config.answer_width)]
+
+    def describe_positions(self):
+        return self.layout.describe()
 
     # -- generation ---------------------------------------------------------------------------
     def generate(self, seed: int) -> Dataset:

@@ -38,8 +38,10 @@ import numpy as np
 import torch
 
 from memlens.config import require, require_choice, require_int, require_number
+from memlens.tasks import thr_analysis
 from memlens.tasks.base import Dataset, Examples
 from memlens.tasks.noise import NOISE_MODES, choose_noisy, draw_other
+from memlens.tasks.protocol import Intermediate, TaskBase
 from memlens.tasks.tokenizer import MemlensTokenizer
 
 NO_RELATION = "<none>"
@@ -61,6 +63,9 @@ class THRConfig:
     n_test: int = 2_000
     noise_rate: float = 0.05
     noise_mode: str = "random"
+    # Noise on the atomic facts too (the pure-memorizer reference: every label random, so no
+    # bridge can be learned from the data). Off: noise touches two-hop queries only.
+    noise_atomic: bool = False
 
     def __post_init__(self) -> None:
         # at least 3 entities: a noisy answer must differ from both the true answer and the bridge
@@ -75,8 +80,9 @@ class THRConfig:
                 f"at most {max_phi:.3f}: the graph has {self.n_two_hop} two-hop queries, "
                 f"{self.n_test} go to the test set, and phi * {self.n_atomic} atomic facts "
                 "must fit in the rest")
-        require_number(self.noise_rate, "noise_rate", 0.0, 1.0, high_open=True)
+        require_number(self.noise_rate, "noise_rate", 0.0, 1.0)
         require_choice(self.noise_mode, "noise_mode", NOISE_MODES["thr"])
+        require_choice(self.noise_atomic, "noise_atomic", (False, True))
 
     @property
     def n_atomic(self) -> int:
@@ -91,7 +97,7 @@ class THRConfig:
         return int(round(self.phi * self.n_atomic))
 
 
-class THRTask:
+class THRTask(TaskBase):
     """Generator of THR datasets with bridge entities and label noise.
 
     >>> task = THRTask(THRConfig(n_entities=30, n_relations=5, relations_per_entity=5,
@@ -114,9 +120,64 @@ class THRTask:
         self.answer_pos = [ANSWER_POS]
 
     seq_len = ANSWER_POS + 2
+    claims = (1, 2, 3, 4, 5, 7)  # no arithmetic heuristics: claim 6 does not apply
 
     intermediate_names = ("head_entity", "relation_1", "relation_2", "bridge_entity",
                           "answer_entity", "n_hops")
+
+    # -- the task protocol (memlens.tasks.protocol) ---------------------------------------------
+    def intermediates(self) -> list[Intermediate]:
+        return [
+            Intermediate("head_entity", (None,), "e, the query's first entity", probe=False),
+            Intermediate("relation_1", (None,), "r1", probe=False),
+            Intermediate("relation_2", (None,), "r2 (-1 for an atomic fact)", probe=False),
+            Intermediate("bridge_entity", (None,), "b = r1(e)", claims=(3, 4, 5),
+                         kinds=("change", "preserve")),
+            Intermediate("answer_entity", (None,), "the true answer r2(b)"),
+            Intermediate("n_hops", (None,), "1 for an atomic fact, 2 for a two-hop query", probe=False),
+        ]
+
+    def prompt_positions(self) -> list[int]:
+        return [1, 2, 3]
+
+    def answer_slots_revealing(self, name, column):
+        self.check_entry(name, column)
+        return [0]  # the one answer token
+
+    def analysis_mask(self, examples: Examples) -> torch.Tensor:
+        return examples.intermediates["n_hops"] == 2
+
+    def checked_intermediates(self) -> tuple[str, ...]:
+        return thr_analysis.CHECKED
+
+    def counterfactuals(self, examples, name, column, kind, rng):
+        from memlens.tasks import dataset_for
+
+        return thr_analysis.counterfactuals(self, examples, name, column, kind, rng,
+                                            dataset_for(examples).train)
+
+    def neighbours(self, dataset, noisy, seed, max_per_example=4):
+        return thr_analysis.neighbours(self, dataset, noisy, seed, max_per_example)
+
+    def neuron_features(self, examples):
+        return thr_analysis.neuron_features(examples)
+
+    def input_slots(self):
+        c = self.config
+        entities = [self.entity_token_id(i) for i in range(c.n_entities)]
+        relations = [self.relation_token_id(i) for i in range(c.n_relations)]
+        singles = {"head": ([1], entities), "relation_1": ([2], relations), "relation_2": ([3], relations)}
+        return singles, {"relations": ["relation_1", "relation_2"]}
+
+    def lens_targets(self, examples: Examples) -> dict[str, torch.Tensor]:
+        return {"bridge": self.entity_token_id(examples.intermediates["bridge_entity"])}
+
+    def reference_overrides(self) -> dict:
+        return {"noise_rate": 1.0, "noise_atomic": True}
+
+    def describe_positions(self):
+        return {"bos": 0, "head": 1, "relation_1": 2, "relation_2": 3, "answer_token": 4,
+                "answer_pos (predicting)": self.answer_pos}
 
     def entity_token_id(self, entity: int | torch.Tensor | np.ndarray):
         """Token id(s) of entity index(es)."""
@@ -163,6 +224,8 @@ class THRTask:
 
         is_noisy = np.zeros(len(train["head_entity"]), dtype=bool)
         is_noisy[c.n_atomic:] = choose_noisy(c.n_inferred_train, c.noise_rate, noise_rng)
+        if c.noise_atomic:  # drawn after the two-hop noise, so that stream is unchanged
+            is_noisy[: c.n_atomic] = choose_noisy(c.n_atomic, c.noise_rate, noise_rng)
         label_entity = train["answer_entity"].copy()
         label_entity[is_noisy] = draw_other(
             train["answer_entity"][is_noisy], E, noise_rng, also_avoid=train["bridge_entity"][is_noisy]

@@ -5,6 +5,7 @@
     RUN/metrics.jsonl          one JSON object per evaluation step
     RUN/checkpoints/step_NNNNNNN.safetensors   log-spaced weights
     RUN/checkpoints/resume.safetensors         latest weights + AdamW state (for --resume)
+    RUN/checkpoints/pre_memorization.safetensors   the last evaluated weights with noisy recall < 0.1
     RUN/final.safetensors      final weights (present once training finished)
     RUN/summary.json           final metrics, phase summary, wall time (present once finished)
 """
@@ -30,6 +31,8 @@ CONFIG, TOKENIZER, METRICS, FINAL, SUMMARY = (
 )
 CHECKPOINTS = "checkpoints"
 RESUME = "resume.safetensors"
+PRE_MEMORIZATION = "pre_memorization.safetensors"
+PRE_MEMORIZATION_RECALL = 0.1
 
 
 class RunDirError(RuntimeError):
@@ -148,12 +151,39 @@ class Run:
     def splits(self) -> dict[str, Examples]:
         return self.dataset.splits
 
+    def load_model(self, checkpoint: str | int):
+        """Another checkpoint of this run as a model on the same device (``"pre_memorization"``,
+        ``"final"``, ``"resume"`` or a kept step); a missing file is a :class:`RunDirError`."""
+        from memlens.models import build_model
+        from memlens.training.checkpoint import load_weights
+
+        weights = _weights_path(self.path, checkpoint)
+        if not weights.exists():
+            raise RunDirError(f"{self.path} has no {checkpoint} checkpoint ({weights.name})")
+        model = build_model(self.config.model, self.task, seed=self.config.seed, device="cpu")
+        load_weights(weights, model, fingerprint=self.config.fingerprint())
+        return model.to(next(self.model.parameters()).device, print_details=False).eval()
+
+
+def _weights_path(run_dir: Path, checkpoint: str | int) -> Path:
+    if checkpoint == "final":
+        return run_dir / FINAL
+    if checkpoint == "resume":
+        return run_dir / CHECKPOINTS / RESUME
+    if checkpoint == "pre_memorization":
+        return run_dir / CHECKPOINTS / PRE_MEMORIZATION
+    if isinstance(checkpoint, int) and not isinstance(checkpoint, bool):
+        return checkpoint_path(run_dir, checkpoint)
+    raise ConfigError(f"checkpoint={checkpoint!r} is invalid: expected 'final', 'resume', "
+                      "'pre_memorization' or a step")
+
 
 def load_run(path: str | os.PathLike, checkpoint: str | int = "final", device: str = "cpu") -> Run:
     """Load a run directory written by ``memlens train``.
 
-    ``checkpoint`` is ``"final"``, ``"resume"`` (the latest state of an unfinished run) or a
-    step number of a kept checkpoint. The dataset is regenerated from the config and checked
+    ``checkpoint`` is ``"final"``, ``"resume"`` (the latest state of an unfinished run),
+    ``"pre_memorization"`` (the last evaluated state with noisy recall below 0.1) or a step
+    number of a kept checkpoint. The dataset is regenerated from the config and checked
     against the recorded hash. Nothing is unpickled.
 
     >>> from memlens.training import train, make_run_config   # doctest: +SKIP
@@ -167,14 +197,7 @@ def load_run(path: str | os.PathLike, checkpoint: str | int = "final", device: s
     run_dir = Path(path)
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} does not exist")
-    if checkpoint == "final":
-        weights = run_dir / FINAL
-    elif checkpoint == "resume":
-        weights = run_dir / CHECKPOINTS / RESUME
-    elif isinstance(checkpoint, int):
-        weights = checkpoint_path(run_dir, checkpoint)
-    else:
-        raise ConfigError(f"checkpoint={checkpoint!r} is invalid: expected 'final', 'resume' or a step")
+    weights = _weights_path(run_dir, checkpoint)
     missing = [p.name for p in (run_dir / CONFIG, run_dir / TOKENIZER, run_dir / METRICS, weights)
                if not p.exists()]
     if missing:

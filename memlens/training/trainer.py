@@ -194,6 +194,9 @@ def _train(config: RunConfig, run_dir: Path, device: str, continuing: bool, prog
                "lr": tcfg.lr_at(max(step - 1, 0)), "wall_s": round(wall_offset + start - t0, 3)}
         rows.append(row)
         rundir.write_metrics(run_dir, rows)
+        if row.get("noisy_memorized_acc", 1.0) < rundir.PRE_MEMORIZATION_RECALL:
+            # The latest state before memorization: the null of the neuron-outlier analysis.
+            save_weights(run_dir / rundir.CHECKPOINTS / rundir.PRE_MEMORIZATION, model, step, fingerprint)
         eval_seconds += time.perf_counter() - start
         return row
 

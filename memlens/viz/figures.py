@@ -1,7 +1,8 @@
 """Plotly figures built from what a run directory holds (metrics.jsonl, analysis/*.json).
 
 Every function takes plain data (a metrics DataFrame, an analysis JSON dict) so that the report,
-notebooks and scripts draw the same figures without loading a model. :func:`save` writes a
+notebooks and scripts draw the same figures without loading a model; each analysis' figure is
+drawn by its result class' ``render`` (:func:`analysis_figure`), the one renderer per analysis. :func:`save` writes a
 figure as self-contained HTML (plotly.js inlined) and, where kaleido and a Chromium are present,
 as PNG.
 """
@@ -53,116 +54,21 @@ def dynamics(metrics: pd.DataFrame, phases: dict | None = None, title: str = "")
     return fig
 
 
-def logit_lens(data: dict, title: str = "") -> go.Figure:
-    """Mean probability of the true and the noisy label at each residual point, per group."""
-    frame = pd.DataFrame(data["frame"])
-    mean = frame.groupby(["group", "target", "point_index", "point"], as_index=False)["mean_prob"].mean()
-    mean["curve"] = mean["group"] + ": " + mean["target"] + " label"
-    mean = mean.sort_values("point_index")
-    fig = px.line(mean, x="point", y="mean_prob", color="curve", markers=True)
-    fig.update_layout(title=title or "Logit lens", yaxis_title="mean probability", height=380)
-    return fig
+def analysis_figure(name: str, data: dict) -> go.Figure:
+    """The figure of analysis ``name`` from its JSON data (``RUN/analysis/<name>.json``): the
+    same renderer as the result's own ``.figure()``.
 
+    >>> analysis_figure("nope", {})
+    Traceback (most recent call last):
+    ...
+    memlens.analysis.common.AnalysisError: no renderer for analysis 'nope'; known: ['behaviour', 'circuits', 'encoding', 'interventions', 'logit_lens', 'neurons', 'patching', 'probes']
+    """
+    from memlens.analysis.common import AnalysisError
+    from memlens.analysis.runner import RENDERERS
 
-def probes(data: dict, title: str = "") -> go.Figure:
-    """Probe accuracy by residual point x position, averaged over each variable's targets, for
-    held-out clean and for noisy examples."""
-    frame = pd.DataFrame(data["frame"])
-    groups = [g for g in ("clean_heldout", "noisy") if g in set(frame["group"])]
-    variables = list(dict.fromkeys(frame["variable"]))
-    points = list(dict.fromkeys(frame["point"]))
-    positions = sorted(frame["position"].unique())
-    grid = np.full((len(variables) * len(groups), len(points), len(positions)), np.nan)
-    names = []
-    for vi, var in enumerate(variables):
-        for gi, group in enumerate(groups):
-            sub = frame[(frame["variable"] == var) & (frame["group"] == group)]
-            acc = sub.groupby(["point", "position"])["accuracy"].mean()
-            for (point, pos), value in acc.items():
-                grid[vi * len(groups) + gi, points.index(point), positions.index(pos)] = value
-            names.append(f"{var}, {group}")
-    fig = px.imshow(grid, facet_col=0, facet_col_wrap=len(groups), zmin=0, zmax=1,
-                    color_continuous_scale="Viridis", aspect="auto",
-                    x=[str(p) for p in positions], y=points, labels={"color": "accuracy"})
-    for i, name in enumerate(names):
-        fig.layout.annotations[i].text = name
-    fig.update_layout(title=title or "Linear probes", height=260 * len(variables) + 80)
-    return fig
-
-
-def patching(data: dict, title: str = "") -> go.Figure:
-    """Per patched intermediate: the noisy recall drop and the clean moved rate over layer x position."""
-    frame = pd.DataFrame(data["frame"])
-    items = list(dict.fromkeys(frame["item"]))
-    layers = sorted(frame["layer"].unique())
-    positions = sorted(frame["position"].unique())
-    panels, names = [], []
-    for item in items:
-        for group, column, label in (("noisy", "recall_drop", "noisy recall drop"),
-                                     ("clean", "moved_rate", "clean moved to counterfactual")):
-            sub = frame[(frame["item"] == item) & (frame["group"] == group)]
-            grid = np.full((len(layers), len(positions)), np.nan)
-            for row in sub.itertuples():
-                grid[layers.index(row.layer), positions.index(row.position)] = getattr(row, column)
-            panels.append(grid)
-            names.append(f"{item}: {label}")
-    fig = px.imshow(np.stack(panels), facet_col=0, facet_col_wrap=2, zmin=0, zmax=1, aspect="auto",
-                    color_continuous_scale="Magma", x=[str(p) for p in positions],
-                    y=[f"L{l}" for l in layers], labels={"color": "rate"},
-                    facet_row_spacing=0.02)
-    for i, name in enumerate(names):
-        fig.layout.annotations[i].text = name
-    fig.update_layout(title=title or "Patching intermediates", height=150 * len(items) + 100)
-    return fig
-
-
-def encoding(data: dict, title: str = "") -> go.Figure:
-    """Mean effect of resampling each input on label recall, clean against noisy examples."""
-    summary = data["summary"]
-    fig = go.Figure()
-    for group in ("clean", "noisy"):
-        effects = summary.get(group, {}).get("mean_effect_by_input", {})
-        fig.add_trace(go.Bar(x=list(effects), y=list(effects.values()), name=group))
-    fig.update_layout(title=title or "Which inputs the label's recall depends on", barmode="group",
-                      xaxis_title="input", yaxis_title="mean drop in label log-probability", height=340)
-    return fig
-
-
-def neurons(data: dict, title: str = "") -> go.Figure:
-    """Each last-layer neuron's mean |z| on noisy examples against held-out clean ones; heuristic
-    neurons coloured. Outliers sit high above the diagonal."""
-    frame = pd.DataFrame(data["frame"])
-    frame["kind"] = np.where(frame["heuristic"], "heuristic neuron", "other")
-    fig = px.scatter(frame, x="clean_abs_z", y="noisy_abs_z", color="kind", symbol="outlier",
-                     hover_data=["layer", "position", "neuron", "best_feature", "r2"])
-    top = float(max(frame["clean_abs_z"].max(), frame["noisy_abs_z"].max(), 1.0))
-    fig.add_shape(type="line", x0=0, y0=0, x1=top, y1=top, line={"dash": "dot", "color": "grey"})
-    fig.update_layout(title=title or "Neuron shifts on noisy examples", height=420,
-                      xaxis_title="mean |z|, held-out clean examples", yaxis_title="mean |z|, noisy examples")
-    return fig
-
-
-def circuits(data: dict, title: str = "") -> go.Figure:
-    """Edge attribution scores (writer x reader) of the clean and of the noisy circuit."""
-    frame = pd.DataFrame(data["frame"])
-    writers = list(dict.fromkeys(frame["writer"]))
-    readers = list(dict.fromkeys(frame.sort_values("reader", key=lambda c: c.map(
-        {r: i for i, r in enumerate(dict.fromkeys(frame["reader"]))}))["reader"]))
-    panels = []
-    for group in ("clean", "noisy"):
-        grid = np.zeros((len(writers), len(readers)))
-        for row in frame[frame["group"] == group].itertuples():
-            grid[writers.index(row.writer), readers.index(row.reader)] = row.score
-        panels.append(grid)
-    top = float(np.abs(np.stack(panels)).max()) or 1.0
-    fig = px.imshow(np.stack(panels), facet_col=0, x=readers, y=writers, zmin=-top, zmax=top,
-                    color_continuous_scale="RdBu", aspect="auto", labels={"color": "score"})
-    for i, name in enumerate(("clean examples", "noisy examples")):
-        fig.layout.annotations[i].text = name
-    o = data["summary"]["overlap"]
-    fig.update_layout(title=title or f"Edge attribution: top-{o['k']} IoU {o['iou']:.2f} (random "
-                      f"{o['random_iou']:.2f}), weighted Jaccard {o['weighted_jaccard']:.2f}", height=420)
-    return fig
+    if name not in RENDERERS:
+        raise AnalysisError(f"no renderer for analysis {name!r}; known: {sorted(RENDERERS)}")
+    return RENDERERS[name](data)
 
 
 def records_html(records: list[dict]) -> str:

@@ -17,7 +17,7 @@ from typing import Callable
 import pandas as pd
 
 from memlens.analysis.common import AnalysisError
-from memlens.analysis.registry import ANALYSES, load_analysis
+from memlens.analysis.runner import ANALYSES, load_analysis
 from memlens.io import atomic_write_text
 from memlens.training.run import CONFIG, SUMMARY, RunDirError, read_metrics
 
@@ -25,34 +25,37 @@ CAPTIONS = {
     "dynamics": "Look for test accuracy rising to its plateau before the noisy memorized accuracy "
                 "climbs (generalize first, memorize later), while the noisy examples' true-label "
                 "accuracy first rises with test accuracy, then falls as the noise is memorized.",
+    "behaviour": "Per example at the end of training: noisy examples answered with their noisy "
+                 "label (recall) and with their true label, test accuracy beside the paired "
+                 "noise-free baseline, and held-out neighbours of noisy examples answered with the "
+                 "noisy label (a leak) or their own (claim 2).",
     "logit_lens": "Where in depth the answer becomes readable: the noisy examples' true label is "
                   "often decodable in middle layers before the final layers switch to the memorized "
-                  "noisy label: the reasoning still runs on memorized examples.",
-    "probes": "Intermediate results (column sums, carries; the bridge entity) decoded linearly. "
-              "Similar accuracy on noisy and held-out clean examples means memorized examples still "
-              "compute the intermediates.",
-    "patching": "Patching the activation that carries an intermediate from a counterfactual input. "
-                "Bright cells in the clean panel show where the intermediate lives; bright cells in "
-                "the noisy panel at the same sites show that recall of the memorized label depends "
-                "on that reasoning step.",
-    "interventions": "Noisy recall, clean training and test accuracy before and after removing the "
-                     "intermediate (mean ablation, INLP projection) beside a random subspace of the "
-                     "same rank: a larger drop under INLP than under the control means memorization "
-                     "uses the intermediate.",
-    "encoding": "How much each input's resampling lowers the label's log-probability. A lookup "
-                "would hang on one input (normalized entropy 0); spread-out bars on noisy examples "
-                "mean the memorized label is encoded across many inputs.",
-    "neurons": "Last-layer neurons: how far each one's activation on noisy examples departs from "
-               "what its clean pattern (its best heuristic: a range, a residue, a digit, a carry; "
-               "for THR the entity in a slot) predicts for the same input, against the same on "
-               "held-out clean examples. Outliers (high above the diagonal) that are heuristic "
-               "neurons mean memorization shifts existing heuristics. The table sets the outliers "
-               "back to their clean predictions, beside as many random and clean-important neurons.",
-    "circuits": "Edge attribution patching: how much each writer-to-reader edge carries the "
-                "label's logit margin, for clean and for noisy examples. Overlapping bright edges "
-                "mean memorization uses the same circuit as generalization; the table gives the "
-                "top-k overlap against random edge sets and the share of the metric each circuit "
-                "recovers on its own (faithfulness).",
+                  "noisy label. The title names the takeover point at the first answer slot (claim 3c).",
+    "probes": "Each intermediate probed at its best eligible site (where a noisy example's "
+              "activations can differ from a clean one's and no answer token reveals the "
+              "intermediate, before the noisy label takes over), chosen on a separate clean split. "
+              "Bars close to the held-out clean bar and well above the control (the largest of "
+              "majority, shuffled targets and the untrained model) mean memorized examples still "
+              "compute the intermediate (claim 3a).",
+    "patching": "For each intermediate: recall (noisy) or accuracy (clean) after patching the "
+                "residual stream from a preserving counterfactual minus from a changing one that "
+                "edits the same tokens. Red cells: the intermediate's value matters there beyond the "
+                "input's identity; x marks the site chosen on clean examples (claims 4a, 5a).",
+    "interventions": "INLP removes the intermediate at its site until a probe reads it no better "
+                     "than the majority class (if it can), beside 20 random subspaces and a "
+                     "shuffled-target INLP of the same rank (claim 4d, a diagnostic).",
+    "encoding": "How much each input's resampling lowers the label's log-probability. A "
+                "description only: no single token identifies an example, so any memorizer keyed "
+                "on the whole input spreads it (claim 5 is scored from matched counterfactuals).",
+    "neurons": "Last-layer neuron-positions: how far each one's activation on noisy examples "
+               "departs from what its best feature (an arithmetic heuristic, or the visible answer "
+               "token) predicts for the same input, against the same on held-out clean examples, "
+               "in units of its clean standard deviation. The table resets the outliers (chosen on "
+               "one half of the noisy examples) on the other half, beside as many other heuristic "
+               "and random neurons (claim 6).",
+    "circuits": "Edge attribution for clean and for noisy examples. Overlapping bright edges "
+                "mean memorization uses the same circuit as generalization (claim 7).",
     "neuron_view": "The neuron that shifts most on noisy examples (best heuristic: {feature}; mean "
                    "|z| {z:.2f} on noisy examples), over the inputs: cells are clean examples' mean "
                    "activation, points are noisy examples coloured by their activation.",
@@ -70,7 +73,7 @@ h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom:
 .caption { color: #555; font-size: 0.92em; margin: 0.2em 0 1.5em 0; max-width: 900px; }
 table { border-collapse: collapse; font-size: 0.85em; } td, th { padding: 3px 8px; border-bottom: 1px solid #eee; }
 .holds { color: #116611; font-weight: bold; } .does-not-hold { color: #aa1111; font-weight: bold; }
-.not-measured { color: #886600; font-weight: bold; }
+.not-measured { color: #886600; font-weight: bold; } .inconclusive { color: #555599; font-weight: bold; }
 .missing { background: #fff6e0; padding: 0.6em 1em; border-left: 4px solid #e0a000; }
 .views { display: flex; flex-wrap: wrap; gap: 1em; } .attention-view, .token-view { flex: 1 1 45%; min-width: 380px; }
 """
@@ -102,18 +105,33 @@ class _Figures:
 
 
 def _claims_html(rows: list[dict]) -> str:
+    """The verdict per claim and task, then every part with its interval, control and the
+    pure-memorizer reference (docs/claims.md defines each)."""
+    from memlens.claims import claim_verdicts
+
+    def cell(verdict: str, why: str = "") -> str:
+        return f'<td class="{verdict.replace(" ", "-")}" title="{html.escape(why)}">{verdict}</td>'
+
+    head = "<tr><th>claim</th><th>task</th><th>verdict</th><th>parts</th></tr>"
+    body = [f"<tr><td>{v['claim']}</td><td>{v['task']}</td>{cell(v['verdict'])}<td>"
+            + ", ".join(f"{k}: {p}" for k, p in v["parts"].items()) + "</td></tr>"
+            for v in claim_verdicts(rows)]
+    verdicts = f'<table class="claims">{head}{"".join(body)}</table>'
     head = "<tr>" + "".join(f"<th>{h}</th>" for h in (
-        "claim", "task", "statistic", "per seed", "mean", "95% CI", "threshold", "verdict")) + "</tr>"
+        "part", "task", "role", "statistic", "per seed", "mean", "95% CI", "threshold", "control",
+        "pure memorizer", "verdict")) + "</tr>"
     body = []
     for r in rows:
         per = ", ".join(f"{v:.3f}" for v in r["per_seed"]) or "n/a"
         mean = "n/a" if r["mean"] is None else f"{r['mean']:.3f}"
         ci = "n/a" if not r["ci95"] else f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"
-        cls = r["verdict"].replace(" ", "-")
-        body.append(f"<tr><td>{r['claim']}</td><td>{r['task']}</td><td>{html.escape(r['statistic'])}</td>"
-                    f"<td>{per}</td><td>{mean}</td><td>{ci}</td><td>{r['threshold']}</td>"
-                    f'<td class="{cls}" title="{html.escape(r["why"])}">{r["verdict"]}</td></tr>')
-    return f'<table class="claims">{head}{"".join(body)}</table>'
+        control = "; ".join(f"{k} {v:.3f}" for k, v in r.get("control", {}).items()) or "-"
+        ref = "n/a" if r.get("reference") is None else f"{r['reference']:.3f}"
+        body.append(f"<tr><td>{r['claim']}{r['part']}</td><td>{r['task']}</td><td>{r['role']}</td>"
+                    f"<td>{html.escape(r['statistic'])}</td><td>{per}</td><td>{mean}</td><td>{ci}</td>"
+                    f"<td>{r['direction']} {r['threshold']}</td><td>{html.escape(control)}</td>"
+                    f"<td>{ref}</td>{cell(r['verdict'], r['why'])}</tr>")
+    return verdicts + f'<h3>Parts</h3><table class="claims">{head}{"".join(body)}</table>'
 
 
 def _anchor(run_dir: Path) -> str:
@@ -145,24 +163,9 @@ def _run_section(run_dir: Path, figures: _Figures, attention: bool) -> str:
             missing.append(str(err))
             continue
         parts.append(f"<h3>{name.replace('_', ' ')}</h3>")
-        if name == "interventions":
-            parts.append(figs.table_html(data, ["item", "intervention", "rank", "noisy_memorized_acc",
-                                                "noisy_true_acc", "train_clean_acc", "test_acc"]))
-        elif name == "circuits":
-            parts.append(figures.div(figs.circuits(data)))
-            summ = data["summary"]
-            parts.append(figs.records_html([summ["overlap"]]))
-            parts.append(figs.records_html([
-                {"circuit": g, f"faithfulness (top {summ['overlap']['k']})": summ[g]["faithfulness"],
-                 **{f"top {float(share):.0%} of edges": v
-                    for share, v in summ[g].get("faithfulness_by_share", {}).items()}}
-                for g in ("clean", "noisy")]))
-        elif name == "neurons":
-            parts.append(figures.div(figs.neurons(data)))
-            if data["summary"].get("patching"):
-                parts.append(figs.records_html(data["summary"]["patching"]))
-        else:
-            parts.append(figures.div(getattr(figs, name)(data)))
+        parts.append(figures.div(figs.analysis_figure(name, data)))
+        if name == "neurons" and data["summary"].get("patching"):
+            parts.append(figs.records_html(data["summary"]["patching"]["table"]))
         parts.append(f'<p class="caption">{CAPTIONS[name]} ({data.get("seconds", "?")} s to compute)</p>')
     if missing:
         items = "".join(f"<li>{html.escape(m)}</li>" for m in missing)
@@ -177,7 +180,7 @@ def _model_sections(run_dir: Path, figures: _Figures) -> str:
     neuron that shifts most on noisy examples, and token-level activations of the most shifted
     neurons of its layer."""
     from memlens.analysis.neurons import neuron_table
-    from memlens.analysis.registry import neuron_examples
+    from memlens.analysis.selection import neuron_examples
     from memlens.training.run import load_run
     from memlens.viz.attention import attention_views_html, clean_and_noisy_views
     from memlens.viz.neuron_views import neuron_view, token_neuron_views_html
@@ -212,17 +215,22 @@ def _model_sections(run_dir: Path, figures: _Figures) -> str:
 
 def write_report(run_dirs: list[str | Path], out: str | Path = "report.html",
                  claims: list[dict] | None = None, attention: bool = True,
+                 references: list[str | Path] | None = None,
                  log: Callable[[str], None] = lambda _: None) -> Path:
     """Write the report for ``run_dirs`` to ``out`` (atomically); returns its path.
 
-    ``claims`` defaults to the scorecard of the runs given (grouped by task, one seed each).
-    ``attention=False`` leaves out the attention views (which load each model).
+    ``claims`` defaults to the scorecard of the runs given (grouped by task; a pure-memorizer
+    reference among them is used as its task's reference). ``references``: reference runs to
+    show after the runs. ``attention=False`` leaves out the attention views (which load each
+    model).
     """
     dirs = check_run_dirs(run_dirs)
+    refs = check_run_dirs(references) if references else []
     if claims is None:
         from memlens.reproduce import score_run_dirs
 
-        claims = score_run_dirs(dirs)
+        claims = score_run_dirs(dirs + refs)
+    dirs = dirs + [r for r in refs if r not in dirs]
     figures = _Figures()
     sections = []
     for run_dir in dirs:
@@ -234,8 +242,9 @@ def write_report(run_dirs: list[str | Path], out: str | Path = "report.html",
         "<h1>memlens report</h1>",
         f"<p>{len(dirs)} run(s): "
         + ", ".join(f'<a href="#{_anchor(d)}">{html.escape(d.name)}</a>' for d in dirs)
-        + ". Claims are "
-        "numbered as in the paper (Du et al. 2025, arXiv 2507.04782); thresholds in docs/claims.md.</p>",
+        + ". Claims are numbered as in the paper (Du et al. 2025, arXiv 2507.04782); each part's "
+        "statistic, control, threshold and what would falsify it are pre-registered in "
+        "docs/claims.md. Hover a verdict for its reason.</p>",
         "<h2>Claims</h2>", _claims_html(claims),
         *sections, "</body></html>",
     ])

@@ -46,8 +46,11 @@ def test_outliers_flag_planted_shifts_on_noisy_examples_only(fda_small_data):
     heur = classify_neurons(table, ex)
     out = score_outliers(table, ex, heur)
     assert out.outliers.tolist() == [False, True, False, False]
-    assert out.neuron_score[1] > 10 and out.neuron_score[0] < 1.5
+    assert out.neuron_score[1] > 3 and out.neuron_score[0] < 0.5
     assert out.summary()["share_heuristic"] == 1.0
+    # well-fit heuristic neurons are not outliers by construction: z is in units of the
+    # activation's sd, not of the (tiny) residual sd
+    assert out.heldout_clean_abs_z[:3].max() < 0.5
 
 
 def test_bad_input(fda_small_data, thr_tiny):
@@ -59,9 +62,34 @@ def test_bad_input(fda_small_data, thr_tiny):
         classify_neurons(NeuronTable(planted(ex[:10]), [1], [10], ex.is_noisy[:10]), ex[:20])
     _, _, thr = thr_tiny
     t = thr.train[:300]
-    t.intermediates.pop("bridge_entity")  # neither FDA nor THR: no features to test
-    with pytest.raises(AnalysisError, match="need the FDA intermediates"):
+    t.origin = None  # no task to ask for features
+    with pytest.raises(AnalysisError, match="no task origin: pass features="):
         classify_neurons(NeuronTable(torch.zeros(300, 1, 1, 2), [0], [3], t.is_noisy), t)
+
+
+def test_previous_answer_token_neuron_is_not_a_heuristic_outlier(fda_small_data):
+    """A neuron that reads the teacher-forced previous answer digit looks like a sum-digit
+    heuristic on clean data and shifts on noisy data (whose visible digit is the noisy one),
+    with no memorization at all: the answer-token feature must explain it."""
+    ex = fda_small_data
+    lay_pos = int(ex.answer_pos[1])  # predicts answer slot 1: answer token 0 is visible here
+    visible = ex.tokens[:, int(ex.answer_token_pos[0])].double()
+    gen = torch.Generator().manual_seed(0)
+    acts = (visible == visible[0]).double() + 0.05 * torch.randn(len(ex), generator=gen, dtype=torch.float64)
+    acts = acts.float()[:, None, None, None]
+    table = NeuronTable(acts, [1], [lay_pos], ex.is_noisy)
+    heur = classify_neurons(table, ex)
+    assert heur.family == ["answer_token"] and not heur.is_heuristic.any()
+    out = score_outliers(table, ex, heur)
+    assert not out.outliers.any()  # the visible token explains the noisy shift
+    # without the answer-token features the same neuron would be called a heuristic outlier
+    from memlens.tasks.fda_analysis import neuron_features
+
+    feats = neuron_features(ex)
+    blind = NeuronTable(acts, [1], [int(ex.answer_pos[0])], ex.is_noisy)  # position with no token
+    heur_blind = classify_neurons(blind, ex, features=feats)
+    assert heur_blind.is_heuristic.all()
+    assert score_outliers(blind, ex, heur_blind, features=feats).outliers.all()
 
 
 def test_thr_neurons_are_classified_by_slot(thr_tiny):

@@ -15,6 +15,18 @@ def test_inlp_removes_the_probed_information(fda_tiny):
     assert accs[-1] < accs[0]  # each iteration leaves less to read
 
 
+def test_inlp_stops_once_the_probe_reads_the_majority(fda_tiny):
+    task, model, data = fda_tiny
+    fit = data.splits["train_clean"][:800]
+    pos = task.layout.eq_pos
+    _, accs = inlp_basis(model, fit, "column_sum", layer=1, position=pos, column=0, iterations=10,
+                         target_accuracy=1.0)
+    assert len(accs) == 1  # already at the target: nothing is removed
+    basis, accs = inlp_basis(model, fit, "column_sum", layer=1, position=pos, column=0, iterations=2,
+                             target_accuracy=0.0)
+    assert len(accs) == 3 and basis.shape[1] >= 1  # never reached: every iteration runs
+
+
 def test_random_basis_orthonormal():
     q = random_basis(16, 5, seed=1)
     torch.testing.assert_close(q.T @ q, torch.eye(5), atol=1e-5, rtol=0)
@@ -25,10 +37,15 @@ def test_intervene_table_and_no_op(fda_tiny):
     task, model, data = fda_tiny
     s = data.splits
     res = intervene(model, s, s["train_clean"][:400], "column_sum", column=1, layer=1,
-                    position=task.layout.eq_pos, iterations=1)
+                    position=task.layout.eq_pos, max_iterations=2, random_draws=3)
     f = res.to_frame().set_index("intervention")
-    assert list(f.index) == ["none", "mean_ablation", "inlp", "random_subspace"]
-    assert f.loc["inlp", "rank"] == f.loc["random_subspace", "rank"] >= 1
+    assert list(f.index) == ["none", "mean_ablation", "inlp", "random_subspace", "shuffled_inlp"]
+    assert f.loc["inlp", "rank"] == f.loc["random_subspace", "rank"] == f.loc["shuffled_inlp", "rank"] >= 1
+    assert f.loc["random_subspace", "draws"] == 3
+    settings = res.summary()["settings"]
+    accs = settings["inlp_probe_accuracy_before_each_iteration_and_after"]
+    assert settings["removed"] == (accs[-1] <= settings["majority"] + settings["tolerance"])
+    assert len(res.summary()["examples"]["inlp"]) == len(s["train_noisy"])
     for col in ("noisy_memorized_acc", "train_clean_acc", "test_acc"):
         assert 0 <= f.loc["none", col] <= 1
     res.figure()

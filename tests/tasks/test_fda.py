@@ -102,7 +102,7 @@ def test_noise_rate_split_independent_of_data():
 
 
 @pytest.mark.parametrize("field,value,needle", [
-    ("noise_rate", 1.0, "noise_rate=1.0"),
+    ("noise_rate", 1.5, "noise_rate=1.5"),
     ("noise_rate", -0.1, "noise_rate=-0.1"),
     ("n_digits", 0, "n_digits=0"),
     ("n_operands", 0, "n_operands=0"),

@@ -6,7 +6,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from memlens.analysis.registry import load_analysis
+from memlens.analysis.runner import load_analysis
 from memlens.training.run import read_metrics
 from memlens.viz import figures
 

@@ -4,7 +4,7 @@ import pytest
 
 from memlens import make_run_config, train
 from memlens.analysis import AnalysisError
-from memlens.analysis.registry import ANALYSES, analyze_run, load_analysis
+from memlens.analysis.runner import ANALYSES, analyze_run, load_analysis
 from memlens.cli import main
 
 
