@@ -1,7 +1,7 @@
 """The ``memlens`` command line: a thin layer over the library.
 
-    memlens data {fda,thr} [--preset P] [--seed N] [--noise-rate R] [--show K] [--export FILE]
-    memlens train {fda,thr} [--preset P] [--seed N] [--noise-rate R] [--out DIR] [--resume] ...
+    memlens data TASK [--preset P] [--seed N] [--noise-rate R] [--show K] [--export FILE]
+    memlens train TASK [--preset P] [--seed N] [--noise-rate R] [--out DIR] [--resume] ...
     memlens analyze RUN_DIR [--only NAME,...]
     memlens report RUN_DIR [RUN_DIR ...] [--out report.html]
     memlens claims RUN_DIR [RUN_DIR ...] [--only N,...] [--out DIR]
@@ -35,7 +35,7 @@ def parse_sets(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("task", choices=sorted(TASKS), help="fda (addition) or thr (two-hop)")
+    p.add_argument("task", choices=sorted(TASKS), help="the task: fda (addition), thr (two-hop), modadd (modular addition)")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESET_NAMES)
     p.add_argument("--seed", type=int, default=0, help="seed of data, noise, init and batches")
     p.add_argument("--noise-rate", type=float, default=None, help="fraction of noisy labels")
@@ -71,8 +71,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     print(f"config: {json.dumps(dataclasses.asdict(task.config))}")
     stats = dict(data.stats, hash=data.content_hash[:16], generate_seconds=round(elapsed, 3))
     print("stats:  " + ", ".join(f"{k}={v}" for k, v in stats.items()))
-    if hasattr(task, "layout"):
-        print("layout: " + ", ".join(f"{k}={v}" for k, v in task.layout.describe().items()))
+    print("layout: " + ", ".join(f"{k}={v}" for k, v in task.describe_positions().items()))
     if args.export:
         rows = export_jsonl(task, data, args.export)
         print(f"exported {rows} examples to {args.export}")

@@ -101,6 +101,27 @@ _PRESETS: dict[str, dict[str, Preset]] = {
                        schedule="cosine", eval_every=1_000),
         ),
     },
+    # Modular addition with corrupted labels (Doshi et al. 2024); calibration in docs/presets.md.
+    "modadd": {
+        "tiny": Preset(
+            task=dict(p=13, train_fraction=0.6, noise_rate=0.05),
+            model=dict(n_layers=1, d_model=32, n_heads=2),
+            train=dict(steps=200, batch_size=64, lr=3e-3, weight_decay=0.0, warmup_steps=20,
+                       eval_every=100),
+        ),
+        "small": Preset(
+            task=dict(p=59, train_fraction=0.6, noise_rate=0.05),
+            model=dict(n_layers=1, d_model=128, n_heads=4),
+            train=dict(steps=3_000, batch_size=256, lr=1e-3, weight_decay=1.0, warmup_steps=100,
+                       schedule="cosine", eval_every=250),
+        ),
+        "paper": Preset(
+            task=dict(p=97, train_fraction=0.5, noise_rate=0.1),
+            model=dict(n_layers=1, d_model=256, n_heads=4),
+            train=dict(steps=20_000, batch_size=512, lr=1e-3, weight_decay=1.0, warmup_steps=200,
+                       schedule="cosine", eval_every=500),
+        ),
+    },
 }
 
 

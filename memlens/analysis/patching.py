@@ -18,6 +18,10 @@ there equals its target activation. So, for each grid point, the engine
 Grid points of one (layer, position) share a forward, chunked to bound memory. Hooks are
 attached with ``model.hooks(...)``, which removes them in a ``finally``, also when a hook or the
 metric raises. The design and its measured speed-up are in docs/benchmarks/patching.md.
+
+``method="full"`` runs one whole forward per grid point instead (what ``transformer_lens.patching``
+does): slower, but exact for any model, including one with permanent hooks that read the input
+tokens themselves (the suffix runs start past the embedding), as the look-up test models do.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ def patch_grid(model, source: Int[Tensor, "n pos"], target: Int[Tensor, "n pos"]
                metric: Callable[[Tensor], Tensor], *, hook: str = "resid_pre",
                layers: list[int] | None = None, positions: list[int] | None = None,
                components: list[int] | None = None, chunk_size: int = 4096,
-               source_cache: dict[str, Tensor] | None = None) -> Tensor:
+               source_cache: dict[str, Tensor] | None = None, method: str = "suffix") -> Tensor:
     """Patch ``source`` activations into the ``target`` run at every grid point.
 
     Returns ``metric`` for every (layer, position[, component]) as a tensor of shape
@@ -89,6 +93,7 @@ def patch_grid(model, source: Int[Tensor, "n pos"], target: Int[Tensor, "n pos"]
     patched run's logits ``(n, pos, vocab)`` to a scalar or any tensor (e.g. per example).
     ``chunk_size`` bounds the number of sequences in one forward pass.
     ``source_cache`` (hook name -> activation) skips the source run when given.
+    ``method``: ``"suffix"`` (the engine above) or ``"full"`` (a whole forward per grid point).
 
     >>> from memlens.tasks import make_task
     >>> from memlens.models import build_model, ModelConfig
@@ -104,8 +109,13 @@ def patch_grid(model, source: Int[Tensor, "n pos"], target: Int[Tensor, "n pos"]
                             f"{tuple(target.shape)}")
     n, n_pos = target.shape
     layers, positions, components = check_grid(model, hook, layers, positions, components, n_pos)
+    if method not in ("suffix", "full"):
+        raise AnalysisError(f"method={method!r} is invalid: expected 'suffix' or 'full'")
     device = model_device(model)
     names = sorted({hook_name(hook, layer) for layer in layers})
+    if method == "full":
+        return _full_grid(model, source.to(device), target.to(device), metric, hook, layers,
+                          positions, components)
     if source_cache is None:
         # The source run stops after the last layer it is read at (resid_pre of layer L is
         # the input to L: no need to run L itself).
@@ -134,6 +144,30 @@ def patch_grid(model, source: Int[Tensor, "n pos"], target: Int[Tensor, "n pos"]
                                    source_cache[name], metric, chunk_size)
             results.update(((layer, pos, c), v) for c, v in zip(components, values))
     out = torch.stack([results[key] for key in itertools.product(layers, positions, components)])
+    shape = (len(layers), len(positions)) + ((len(components),) if components != [None] else ())
+    return out.reshape(shape + tuple(out.shape[1:]))
+
+
+@torch.no_grad()
+def _full_grid(model, source: Tensor, target: Tensor, metric, kind: str, layers: list[int],
+               positions: list[int], components: list) -> Tensor:
+    """One whole forward of the target per grid point, the source activation patched in."""
+    names = {hook_name(kind, layer) for layer in layers}
+    _, cache = model.run_with_cache(source, names_filter=lambda x: x in names, return_type=None)
+    values = []
+    for layer, pos, comp in itertools.product(layers, positions, components):
+        src = cache[hook_name(kind, layer)]
+
+        def patch(act: Tensor, hook, pos=pos, comp=comp, src=src) -> Tensor:
+            if comp is None:
+                act[:, pos] = src[:, pos].to(act.dtype)
+            else:
+                act[:, pos, comp] = src[:, pos, comp].to(act.dtype)
+            return act
+
+        with model.hooks(fwd_hooks=[(hook_name(kind, layer), patch)]):
+            values.append(torch.as_tensor(metric(model(target))).detach().cpu())
+    out = torch.stack(values)
     shape = (len(layers), len(positions)) + ((len(components),) if components != [None] else ())
     return out.reshape(shape + tuple(out.shape[1:]))
 

@@ -13,13 +13,15 @@ from typing import Any
 from memlens.config import ConfigError, apply_overrides
 from memlens.tasks.base import SPLITS, Dataset, Examples
 from memlens.tasks.fda import FDAConfig, FDALayout, FDATask
+from memlens.tasks.modadd import ModAddConfig, ModAddTask
 from memlens.tasks.protocol import (
     CounterfactualPairs, Intermediate, MatchedPairs, Neighbours, TaskBase, TaskError,
 )
 from memlens.tasks.thr import THRConfig, THRTask
 from memlens.tasks.tokenizer import MemlensTokenizer
 
-TASKS: dict[str, tuple[type, type]] = {"fda": (FDAConfig, FDATask), "thr": (THRConfig, THRTask)}
+TASKS: dict[str, tuple[type, type]] = {"fda": (FDAConfig, FDATask), "thr": (THRConfig, THRTask),
+                                       "modadd": (ModAddConfig, ModAddTask)}
 
 Task = TaskBase
 
@@ -76,7 +78,8 @@ def task_from_config(name: str, config: dict[str, Any]) -> Task:
 
 __all__ = [
     "SPLITS", "TASKS", "CounterfactualPairs", "Dataset", "Examples", "FDAConfig", "FDALayout",
-    "FDATask", "Intermediate", "MatchedPairs", "MemlensTokenizer", "Neighbours", "THRConfig",
+    "FDATask", "Intermediate", "MatchedPairs", "MemlensTokenizer", "ModAddConfig", "ModAddTask",
+    "Neighbours", "THRConfig",
     "THRTask", "Task", "TaskBase", "TaskError", "dataset_for", "make_task", "register_task",
     "task_config", "task_from_config", "task_for",
 ]

@@ -267,6 +267,19 @@ class TaskBase:
         """A label per answer slot for figures (default: the slot index)."""
         return list(range(len(self.answer_pos)))
 
+    def record(self, examples: Examples, i: int, split: str) -> dict:
+        """One example as a JSON-ready dict (``memlens data --export``): tokens and labels as
+        token strings, intermediates as numbers."""
+        tok = self.tokenizer
+        return {
+            "split": split,
+            "tokens": tok.to_str_tokens(examples.tokens[i].tolist()),
+            "label": tok.to_str_tokens(examples.labels[i].tolist()),
+            "true_label": tok.to_str_tokens(examples.true_labels[i].tolist()),
+            "is_noisy": bool(examples.is_noisy[i]),
+            "intermediates": {k: v[i].tolist() for k, v in examples.intermediates.items()},
+        }
+
     def describe_positions(self) -> Mapping[str, Any]:
         return {"prompt": self.prompt_positions(), "answer_pos (predicting)": list(self.answer_pos)}
 

@@ -36,14 +36,27 @@ def test_neuron_patching_table_on_a_trained_tiny_run(tiny_run):
     ex = run.dataset.train
     table = neuron_table(run.model, ex, layers=[run.model.cfg.n_layers - 1])
     heur = classify_neurons(table, ex)
-    out = score_outliers(table, ex, heur, z_threshold=0.3)
+    out = score_outliers(table, ex, heur, z_threshold=0.05, ratio=1.0)
     assert out.outliers.any()
-    res = neuron_patching(run.model, ex, table, out, random_draws=2)
+    res = neuron_patching(run.model, ex, table, out, control_draws=2, random_draws=2)
     frame = res.to_frame()
-    assert list(frame["variant"]) == ["none", "outlier neurons", "random neurons (mean of 2)",
-                                      "clean-important neurons"]
     k = int(out.outliers.sum())
-    assert list(frame["n_neurons"]) == [0, k, k, k]
+    variants = list(frame["variant"])
+    assert variants[:2] == ["none", "outlier neurons"] and variants[-1] == "random neurons"
+    assert list(frame.set_index("variant").loc[["outlier neurons", "random neurons"], "n_neurons"]) == [k, k]
+    # evaluated on the noisy half that did not choose the outliers
+    n_eval = int((~out.selection).sum())
+    assert len(res.per_example["outlier neurons"]) == n_eval
     base = frame.iloc[0]
+    noisy = ex[ex.is_noisy][~out.selection]
+    with torch.no_grad():
+        logits = run.model(noisy.tokens)[:, noisy.answer_pos]
     assert base["noisy_memorized_acc"] == pytest.approx(
-        float(run.summary["final_metrics"]["noisy_memorized_acc"]), abs=0.05)
+        float((logits.argmax(-1) == noisy.labels).all(-1).float().mean()))
+    # the true-label accuracy is measured with the true label teacher-forced
+    forced = noisy.tokens.clone()
+    forced[:, noisy.answer_token_pos] = noisy.true_labels
+    with torch.no_grad():
+        logits = run.model(forced)[:, noisy.answer_pos]
+    assert base["noisy_true_acc"] == pytest.approx(
+        float((logits.argmax(-1) == noisy.true_labels).all(-1).float().mean()))
