@@ -36,6 +36,7 @@ from torch import Tensor, nn
 TL_VERSION: str = version("transformer-lens")
 #: "hooked" (TransformerLens 3.x, HookedTransformer) or "bridge" (4.x, TransformerBridge).
 BACKEND: str = "bridge" if int(TL_VERSION.split(".")[0]) >= 4 else "hooked"
+MODEL_CLASS: str = "TransformerBridge" if BACKEND == "bridge" else "HookedTransformer"
 
 
 class BackendError(RuntimeError):
@@ -44,8 +45,7 @@ class BackendError(RuntimeError):
 
 def describe() -> str:
     """One line for logs and run headers, e.g. ``'transformer-lens 3.9.0 (HookedTransformer)'``."""
-    kind = "TransformerBridge" if BACKEND == "bridge" else "HookedTransformer"
-    return f"transformer-lens {TL_VERSION} ({kind})"
+    return f"transformer-lens {TL_VERSION} ({MODEL_CLASS})"
 
 
 # --------------------------------------------------------------------------- building models

@@ -18,6 +18,12 @@ there equals its target activation. So, for each grid point, the engine
 Grid points of one (layer, position) share a forward, chunked to bound memory. Hooks are
 attached with ``model.hooks(...)``, which removes them in a ``finally``, also when a hook or the
 metric raises. The design and its measured speed-up are in docs/benchmarks/patching.md.
+
+Step 2 needs a model that can resume a forward pass at a layer with a key-value cache
+(:func:`memlens.backend.can_resume`: HookedTransformer). On TransformerLens 4's bridge, which
+cannot, the engine keeps step 1 and runs whole sequences instead, every changed (grid point,
+example) of the whole grid as rows of the same chunked forward passes, each row patched by the
+hook of its own layer at its own position (docs/backends.md has the speed-ups).
 """
 
 from __future__ import annotations
@@ -29,10 +35,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from memlens import backend
 from memlens.analysis.common import AnalysisError, check_layers, check_positions, model_device
-
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 # hook kind -> (hook name template, component axis name or None)
 HOOKS: dict[str, tuple[str, str | None]] = {
@@ -118,13 +122,20 @@ def patch_grid(model, source: Int[Tensor, "n pos"], target: Int[Tensor, "n pos"]
         if hook == "resid_pre" and stop is not None:  # what the last block run hands on
             source_cache[hook_name(hook, stop)] = out
         del cache
+    resume = backend.can_resume(model)
     kv_layers = range(min(layers), model.cfg.n_layers)
-    wanted = set(names) | {f"blocks.{layer}.hook_resid_pre" for layer in layers}
-    wanted |= {f"blocks.{i}.attn.hook_{kv}" for i in kv_layers for kv in "kv"}
+    wanted = set(names)
+    if resume:
+        wanted |= {f"blocks.{layer}.hook_resid_pre" for layer in layers}
+        wanted |= {f"blocks.{i}.attn.hook_{kv}" for i in kv_layers for kv in "kv"}
     with torch.no_grad():
         logits, cache = model.run_with_cache(target.to(device), names_filter=lambda x: x in wanted)
     target_run = _TargetRun(logits, {name: cache[name] for name in wanted})
     del cache
+    if not resume:
+        results = _patch_whole(model, target.to(device), target_run, hook, layers, positions,
+                               components, source_cache, metric, chunk_size)
+        return _stack(results, layers, positions, components)
     results: dict[tuple, Tensor] = {}
     for layer in layers:
         name = hook_name(hook, layer)
@@ -133,6 +144,10 @@ def patch_grid(model, source: Int[Tensor, "n pos"], target: Int[Tensor, "n pos"]
             values = _patch_suffix(model, target_run, hook, layer, pos, components, changed,
                                    source_cache[name], metric, chunk_size)
             results.update(((layer, pos, c), v) for c, v in zip(components, values))
+    return _stack(results, layers, positions, components)
+
+
+def _stack(results: dict[tuple, Tensor], layers, positions, components) -> Tensor:
     out = torch.stack([results[key] for key in itertools.product(layers, positions, components)])
     shape = (len(layers), len(positions)) + ((len(components),) if components != [None] else ())
     return out.reshape(shape + tuple(out.shape[1:]))
@@ -144,19 +159,11 @@ class _TargetRun:
     def __init__(self, logits: Tensor, acts: dict[str, Tensor]):
         self.logits, self.acts = logits, acts
 
-    def prefix_cache(self, model, layer: int, pos: int, examples: Tensor) -> TransformerLensKeyValueCache:
-        """A frozen key-value cache holding positions < ``pos`` of ``examples`` for the layers
-        from ``layer`` on (the layers below are not run and get empty entries)."""
-        entries = []
-        for i in range(model.cfg.n_layers):
-            if i < layer:
-                k = v = self.acts[f"blocks.{layer}.attn.hook_k"][examples[:0], :0]
-            else:
-                k = self.acts[f"blocks.{i}.attn.hook_k"][examples, :pos]
-                v = self.acts[f"blocks.{i}.attn.hook_v"][examples, :pos]
-            entries.append(TransformerLensKeyValueCacheEntry(k, v, frozen=True))
-        mask = torch.ones(len(examples), pos, dtype=torch.int, device=examples.device)
-        return TransformerLensKeyValueCache(entries, mask, frozen=True)
+    def prefix_kv(self, model, layer: int, pos: int, examples: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Keys and values of positions < ``pos`` of ``examples``, for the layers from ``layer`` on."""
+        layers = range(layer, model.cfg.n_layers)
+        return ([self.acts[f"blocks.{i}.attn.hook_k"][examples, :pos] for i in layers],
+                [self.acts[f"blocks.{i}.attn.hook_v"][examples, :pos] for i in layers])
 
 
 def _changed_examples(src: Tensor, tgt: Tensor, pos: int, components: list) -> list[Tensor]:
@@ -213,9 +220,63 @@ def _suffix_forward(model, target_run: _TargetRun, kind: str, layer: int, pos: i
         return act
 
     resid = target_run.acts[f"blocks.{layer}.hook_resid_pre"][examples, pos:]
-    kv_cache = target_run.prefix_cache(model, layer, pos, examples)
+    keys, values = target_run.prefix_kv(model, layer, pos, examples)
     with model.hooks(fwd_hooks=[(hook_name(kind, layer), patch)]):
-        return model(resid, start_at_layer=layer, past_kv_cache=kv_cache, return_type="logits")
+        return backend.run_suffix(model, resid, layer, keys, values)
+
+
+@torch.no_grad()
+def _patch_whole(model, target: Tensor, target_run: _TargetRun, kind: str, layers: list[int],
+                 positions: list[int], components: list, source_cache: dict[str, Tensor], metric,
+                 chunk_size: int) -> dict[tuple, Tensor]:
+    """The grid for models that cannot resume at a layer (the bridge): whole patched sequences.
+
+    Every (grid point, changed example) is one row; rows of all grid points share chunked
+    forward passes, and a hook at each layer patches the rows of that layer at their own
+    position and component. Unchanged examples reuse the target logits, as in the suffix path."""
+    device = target.device
+    rows = []  # (layer, pos, component index, example)
+    for layer in layers:
+        name = hook_name(kind, layer)
+        for pos in positions:
+            changed = _changed_examples(source_cache[name], target_run.acts[name], pos, components)
+            rows += [(layer, pos, j, ex) for j, idx in enumerate(changed) for ex in idx.tolist()]
+    row_logits = []
+    for start in range(0, len(rows), chunk_size):
+        chunk = torch.tensor(rows[start:start + chunk_size], device=device).reshape(-1, 4)
+        hooks = [(hook_name(kind, layer), _row_patch(chunk, layer, components, source_cache[hook_name(kind, layer)]))
+                 for layer in chunk[:, 0].unique().tolist()]
+        with model.hooks(fwd_hooks=hooks):
+            row_logits.append(model(target[chunk[:, 3]], return_type="logits"))
+    all_logits = torch.cat(row_logits) if row_logits else None
+    grid = torch.tensor(rows, device=device).reshape(-1, 4)
+    results = {}
+    for layer, pos in itertools.product(layers, positions):
+        for j, comp in enumerate(components):
+            mine = ((grid[:, 0] == layer) & (grid[:, 1] == pos) & (grid[:, 2] == j)).nonzero()[:, 0]
+            logits = target_run.logits
+            if len(mine):
+                logits = logits.clone()
+                logits[grid[mine, 3]] = all_logits[mine]
+            results[(layer, pos, comp)] = torch.as_tensor(metric(logits)).detach().cpu()
+    return results
+
+
+def _row_patch(chunk: Tensor, layer: int, components: list, src: Tensor):
+    """A hook writing, for each row of ``chunk`` at ``layer``, its example's source activation
+    at its position (and component) into the run."""
+    mine = (chunk[:, 0] == layer).nonzero()[:, 0]
+    pos, examples = chunk[mine, 1], chunk[mine, 3]
+
+    def patch(act: Tensor, hook) -> Tensor:
+        if components == [None]:
+            act[mine, pos] = src[examples, pos].to(act.dtype)
+        else:
+            comp = torch.tensor(components, device=act.device)[chunk[mine, 2]]
+            act[mine, pos, comp] = src[examples, pos, comp].to(act.dtype)
+        return act
+
+    return patch
 
 
 @torch.no_grad()
