@@ -77,10 +77,11 @@ def test_whole_sequence_patching_equals_suffix_runs(setup, monkeypatch):
     _, model, ex = setup
     clean, corrupt = ex.tokens, ex.tokens.roll(1, 0)
     metric = label_logprob_metric(ex)
-    for kind in ("resid_pre", "z", "mlp_post"):
-        want = patch_grid(model, clean, corrupt, metric, hook=kind, layers=[1], positions=[3, 7])
+    for kind, comps in (("resid_pre", None), ("z", None), ("mlp_post", [0, 5, 77, 127])):
+        grid = dict(hook=kind, layers=[0, 1], positions=[3, 7], components=comps)
+        want = patch_grid(model, clean, corrupt, metric, **grid)
         monkeypatch.setattr(backend, "can_resume", lambda m: False)
-        got = patch_grid(model, clean, corrupt, metric, hook=kind, layers=[1], positions=[3, 7], chunk_size=5)
+        got = patch_grid(model, clean, corrupt, metric, chunk_size=5, **grid)
         monkeypatch.undo()
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
