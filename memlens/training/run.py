@@ -155,6 +155,7 @@ class Run:
     def load_model(self, checkpoint: str | int):
         """Another checkpoint of this run as a model on the same device (``"pre_memorization"``,
         ``"final"``, ``"resume"`` or a kept step); a missing file is a :class:`RunDirError`."""
+        from memlens import backend
         from memlens.models import build_model
         from memlens.training.checkpoint import load_weights
 
@@ -163,7 +164,7 @@ class Run:
             raise RunDirError(f"{self.path} has no {checkpoint} checkpoint ({weights.name})")
         model = build_model(self.config.model, self.task, seed=self.config.seed, device="cpu")
         load_weights(weights, model, fingerprint=self.config.fingerprint())
-        return model.to(next(self.model.parameters()).device, print_details=False).eval()
+        return backend.to_device(model, next(self.model.parameters()).device).eval()
 
 
 def _weights_path(run_dir: Path, checkpoint: str | int) -> Path:
