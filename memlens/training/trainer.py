@@ -166,7 +166,7 @@ def _train(config: RunConfig, run_dir: Path, device: str, continuing: bool, prog
     model = build_model(config.model, task, seed=config.seed, device=device)
     tcfg = config.train
     # The training step calls ``net``; evaluation, checkpoints and analyses use the
-    # HookedTransformer ``model``, whose parameters ``net`` shares.
+    # TransformerLens ``model``, whose parameters ``net`` shares.
     fast = tcfg.fast_forward and supports(model)
     eval_net = FastForward(model) if fast else model  # evaluation needs no hooks either
     net = distributed.wrap(eval_net, ctx, device)
