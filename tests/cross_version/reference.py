@@ -45,7 +45,7 @@ def compute(model, task, data) -> dict[str, list]:
         out["logits"] = model(clean.tokens[:8])
         out["fast_forward_logits"] = FastForward(model)(clean.tokens[:8])
     for kind in ("resid_pre", "resid_mid", "z", "mlp_post"):
-        layers = [1] if kind == "mlp_post" else None
+        layers = [model.cfg.n_layers - 1] if kind == "mlp_post" else None
         out[f"patch_{kind}"] = patch_grid(model, clean.tokens, corrupt.tokens, metric, hook=kind,
                                           layers=layers, positions=[4, 9])
     scores = edge_attribution(model, clean.tokens, corrupt.tokens, metric)
