@@ -8,11 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
-case "${MEMLENS_TL:-3}" in
-    3) venv="${MEMLENS_VENV:-.venv}"; tl="transformer-lens>=3.9,<4" ;;
-    4) venv="${MEMLENS_VENV:-.venv-tl4}"; tl="transformer-lens>=4,<5" ;;
-    *) echo "MEMLENS_TL=${MEMLENS_TL} is invalid: use 3 (TransformerLens 3.9) or 4 (4.x)" >&2; exit 2 ;;
-esac
+. scripts/venv.sh
 if [ ! -x "$venv/bin/python" ]; then
     "$PYTHON" -m venv "$venv"
 fi

@@ -5,8 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-case "${MEMLENS_TL:-3}" in
-    4) venv="${MEMLENS_VENV:-.venv-tl4}" ;;
-    *) venv="${MEMLENS_VENV:-.venv}" ;;
-esac
+. scripts/venv.sh  # $venv: .venv, or .venv-tl4 with MEMLENS_TL=4
 exec "$venv/bin/python" -m pytest -m "not slow" "$@"
