@@ -13,7 +13,8 @@ on the same machine, and medians are compared, so that load from other work hits
 2. Patching: :func:`memlens.analysis.patch_grid` against the ``transformer_lens.patching`` loop
    on the same model, inputs and metric (per-head ``z`` and ``resid_pre`` grids), on each version.
 3. Cross-version runs (unless ``--skip-runs``): a tiny FDA run trained under each version,
-   each analyzed under both (tests/cross_version/reference.py's figures); max |difference|.
+   each analyzed under both, by tests/cross_version/reference.py's figures and by the whole
+   ``memlens analyze`` (every number in RUN/analysis/*.json, timings aside); max |difference|.
 
 Writes docs/benchmarks/backends.json and .md (collected into docs/benchmarks.md by
 ``benchmarks/run_all.py --collect-only``).
@@ -134,6 +135,44 @@ def alternate(repeats: int, *args: str) -> dict[str, list[dict]]:
     return out
 
 
+def analyze_cli(version: str, run_dir: Path, copy: Path) -> Path:
+    """``memlens analyze`` of a copy of ``run_dir`` under ``version``; returns its analysis folder."""
+    import shutil
+
+    shutil.copytree(run_dir, copy)
+    cli = VENVS[version].parent / "memlens"
+    subprocess.run([str(cli), "analyze", str(copy)], cwd=ROOT, check=True, capture_output=True)
+    return copy / "analysis"
+
+
+def leaves(value, path=""):
+    """(path, leaf) for every number and string in a JSON value; timings left out."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not any(t in k for t in ("second", "wall", "time")):
+                yield from leaves(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from leaves(v, f"{path}[{i}]")
+    else:
+        yield path, value
+
+
+def compare_analyses(a: Path, b: Path) -> dict[str, dict]:
+    """Per analysis file: numbers compared, max |difference|, and leaves that differ otherwise."""
+    out = {}
+    for fa in sorted(a.glob("*.json")):
+        la, lb = dict(leaves(json.loads(fa.read_text()))), dict(leaves(json.loads((b / fa.name).read_text())))
+        nums = [(la[k], lb[k]) for k in la if k in lb and isinstance(la[k], (int, float))
+                and isinstance(lb[k], (int, float)) and not isinstance(la[k], bool)]
+        finite = [abs(x - y) for x, y in nums if x == x and y == y and abs(x) != float("inf")]
+        other = [k for k in set(la) | set(lb) if k not in la or k not in lb or (
+            not isinstance(la[k], (int, float)) and la[k] != lb[k])]
+        out[fa.name] = {"numbers": len(nums), "max_abs_difference": max(finite, default=0.0),
+                        "other_differences": len(other)}
+    return out
+
+
 def max_differences(a: dict, b: dict) -> dict[str, float]:
     import torch
 
@@ -175,7 +214,10 @@ def main() -> None:
                 runs[f"trained on {trained}"] = max_differences(analyzed["3.9"], analyzed["4.x"])
                 runs[f"trained on {trained}"]["logits[0,-1,:3] (3.9 | 4.x)"] = [
                     analyzed[v]["logits"][0][-1][:3] for v in VENVS]
+                folders = [analyze_cli(v, Path(run_dir), Path(tmp) / f"{trained}-analyzed-on-{v}") for v in VENVS]
+                record.setdefault("cross_version_analyze", {})[f"trained on {trained}"] = compare_analyses(*folders)
             record["cross_version_runs"] = runs
+            print("memlens analyze", json.dumps(record["cross_version_analyze"], indent=1), flush=True)
             print("cross-version runs", json.dumps(runs, indent=1), flush=True)
     from memlens.io import atomic_write_json, atomic_write_text
 
@@ -223,6 +265,13 @@ def page(record: dict) -> str:
         figures = [k for k in next(iter(record["cross_version_runs"].values())) if not k.startswith("logits[")]
         for name in figures:
             lines.append(f"| {name} | " + " | ".join(f"{r[name]:.1e}" for r in record["cross_version_runs"].values()) + " |")
+        lines += ["", "`memlens analyze` of the same run under each version: every number in "
+                  "RUN/analysis/*.json (timings aside), max |3.9 - 4.x|, and leaves that differ otherwise.", "",
+                  "| trained on | file | numbers | max abs difference | other differences |", "|---|---|---|---|---|"]
+        for run, files in record["cross_version_analyze"].items():
+            for name, r in files.items():
+                lines.append(f"| {run.split()[-1]} | {name} | {r['numbers']} | {r['max_abs_difference']:.1e} "
+                             f"| {r['other_differences']} |")
     return "\n".join(lines) + "\n"
 
 
