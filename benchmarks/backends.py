@@ -141,7 +141,10 @@ def analyze_cli(version: str, run_dir: Path, copy: Path) -> Path:
 
     shutil.copytree(run_dir, copy)
     cli = VENVS[version].parent / "memlens"
-    subprocess.run([str(cli), "analyze", str(copy)], cwd=ROOT, check=True, capture_output=True)
+    done = subprocess.run([str(cli), "analyze", str(copy)], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:  # compare what was written; say what failed
+        print(f"memlens analyze under {version} exited {done.returncode}: {done.stderr.strip()[-300:]}",
+              flush=True)
     return copy / "analysis"
 
 
