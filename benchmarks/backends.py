@@ -107,7 +107,11 @@ def work_analyze(run_dir: str) -> dict:
 def worker(argv: list[str]) -> None:
     import torch
 
-    torch.set_num_threads(2)
+    import os
+
+    # 2 threads, as on the 2-core machines, unless OMP_NUM_THREADS says otherwise (on a machine
+    # loaded by other work, 1 thread avoids thread oversubscription swamping the comparison)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     kind, *args = argv
     fns = {"throughput": lambda: work_throughput(args[0], int(args[1]), args[2] == "1"),
            "patching": lambda: work_patching(args[0], int(args[1])),
@@ -198,7 +202,10 @@ def main() -> None:
     if missing:
         raise SystemExit(f"missing environments {missing}: run bash scripts/setup.sh and "
                          "MEMLENS_TL=4 bash scripts/setup.sh first")
-    record: dict = {"command": "python benchmarks/backends.py " + " ".join(sys.argv[1:])}
+    import os
+
+    threads = os.environ.get("OMP_NUM_THREADS", "2")
+    record: dict = {"command": "python benchmarks/backends.py " + " ".join(sys.argv[1:]), "torch_threads": int(threads)}
     for fast in ("1", "0"):
         runs = alternate(args.repeats, "throughput", args.preset, str(args.steps), fast)
         med = {v: statistics.median(r["tokens_per_second"] for r in rs) for v, rs in runs.items()}
@@ -247,8 +254,9 @@ def headline(record: dict) -> list[dict]:
 
 def page(record: dict) -> str:
     lines = ["# TransformerLens 4.x (TransformerBridge) vs 3.9 (HookedTransformer)", "",
-             f"Command: `{record['command']}`. Each figure is the median of alternated runs, one fresh "
-             "process per run, same machine (2 cores shared with other work: expect noise).", "",
+             f"Command: `{record['command']}` ({record['torch_threads']} torch thread(s)). Each figure is "
+             "the median of alternated runs, one fresh process per run, same machine (2 cores shared "
+             "with other work: expect noise).", "",
              "| training path | tokens/s 3.9 | tokens/s 4.x | 4.x / 3.9 |", "|---|---|---|---|"]
     for fast, how in (("1", "fused forward (memlens default)"), ("0", "the model's hooked forward")):
         r = record[f"throughput_fast_forward_{fast}"]
