@@ -286,6 +286,23 @@ def can_resume(model: nn.Module) -> bool:
     return BACKEND == "hooked"
 
 
+def run_from_layer(model: nn.Module, resid: Tensor, layer: int) -> Tensor:
+    """Logits of whole sequences from ``resid``, the residual stream entering ``layer`` (batch,
+    pos, d_model); hooks attached with ``model.hooks`` fire in the layers run.
+
+    HookedTransformer runs it with ``start_at_layer``. The bridge's ``start_at_layer`` would
+    still run the blocks below, so there the bridge's own block modules from ``layer`` on, its
+    final norm and its unembedding are called in turn (the same modules and hooks as its forward).
+    """
+    if BACKEND == "hooked":
+        return model(resid, start_at_layer=layer, return_type="logits")
+    x = resid
+    for block in model.blocks[layer:]:
+        x = block(x)
+        x = x[0] if isinstance(x, tuple) else x
+    return model.unembed(model.ln_final(x))
+
+
 def run_suffix(model: nn.Module, resid: Tensor, layer: int, keys: list[Tensor],
                values: list[Tensor]) -> Tensor:
     """Logits of positions ``p..`` given the residual stream entering ``layer`` there
