@@ -197,6 +197,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--patch-examples", type=int, default=100)
     parser.add_argument("--skip-runs", action="store_true")
+    parser.add_argument("--patching-only", action="store_true",
+                        help="remeasure patching only, keeping the other figures of backends.json")
     args = parser.parse_args()
     missing = [str(p) for p in VENVS.values() if not p.exists()]
     if missing:
@@ -206,6 +208,11 @@ def main() -> None:
 
     threads = os.environ.get("OMP_NUM_THREADS", "2")
     record: dict = {"command": "python benchmarks/backends.py " + " ".join(sys.argv[1:]), "torch_threads": int(threads)}
+    if args.patching_only:
+        old = json.loads((ROOT / "docs/benchmarks/backends.json").read_text())
+        record = {**old, "patching": {v: call(v, "patching", args.preset, str(args.patch_examples)) for v in VENVS},
+                  "patching_command": record["command"]}
+        return write(record)
     for fast in ("1", "0"):
         runs = alternate(args.repeats, "throughput", args.preset, str(args.steps), fast)
         med = {v: statistics.median(r["tokens_per_second"] for r in rs) for v, rs in runs.items()}
@@ -229,6 +236,10 @@ def main() -> None:
             record["cross_version_runs"] = runs
             print("memlens analyze", json.dumps(record["cross_version_analyze"], indent=1), flush=True)
             print("cross-version runs", json.dumps(runs, indent=1), flush=True)
+    write(record)
+
+
+def write(record: dict) -> None:
     from memlens.io import atomic_write_json, atomic_write_text
 
     record["headline"] = headline(record)
@@ -254,7 +265,9 @@ def headline(record: dict) -> list[dict]:
 
 def page(record: dict) -> str:
     lines = ["# TransformerLens 4.x (TransformerBridge) vs 3.9 (HookedTransformer)", "",
-             f"Command: `{record['command']}` ({record['torch_threads']} torch thread(s)). Each figure is "
+             f"Command: `{record['command']}`" + (f", patching remeasured by `{record['patching_command']}`"
+                                                   if "patching_command" in record else "")
+             + f" ({record['torch_threads']} torch thread(s)). Each figure is "
              "the median of alternated runs, one fresh process per run, same machine (2 cores shared "
              "with other work: expect noise).", "",
              "| training path | tokens/s 3.9 | tokens/s 4.x | 4.x / 3.9 |", "|---|---|---|---|"]
