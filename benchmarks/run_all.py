@@ -148,7 +148,7 @@ def collect() -> Path:
              "every ratio compares memlens with its baseline alternated in one process run. "
              "Per-benchmark details are in docs/benchmarks/*.md.", ""]
     headline = ["| benchmark | figure | value | goal |", "|---|---|---|---|"]
-    for name in ("patching", "probes", "neurons"):
+    for name in ("patching", "probes", "neurons", "backends"):
         record = load(name)
         for h in (record or {}).get("headline", []):
             headline.append(f"| {h['benchmark']} | {h['figure']} | {h['value']} | {h['goal'] or ''} |")
@@ -169,7 +169,7 @@ def collect() -> Path:
     lines += gpu_runs_section()
     if load("scaling"):
         lines += scaling_section(load("scaling"))
-    for name in ("patching", "probes", "neurons", "data_generation"):
+    for name in ("patching", "probes", "neurons", "data_generation", "backends"):
         md = DOCS / f"{name}.md"
         if md.exists():
             body = md.read_text().strip().splitlines()

@@ -1,6 +1,7 @@
 """memlens: how small transformers memorize label noise while still reasoning.
 
-Tasks, training and analyses on TransformerLens' ``HookedTransformer``; see README.md.
+Tasks, training and analyses on TransformerLens models (``HookedTransformer`` on 3.9,
+``TransformerBridge`` on 4.x: docs/backends.md); see README.md.
 """
 
 from memlens.analysis import (

@@ -1,13 +1,10 @@
-"""Model configuration and construction: presets become a TransformerLens ``HookedTransformer``."""
+"""Model configuration and construction: presets become a TransformerLens model."""
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
-import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
-
+from memlens import backend
 from memlens.config import require, require_choice, require_int
 
 
@@ -42,27 +39,10 @@ class ModelConfig:
         return self.d_model // self.n_heads
 
 
-def hooked_config(model: ModelConfig, n_ctx: int, d_vocab: int, seed: int,
-                  device: str = "cpu") -> HookedTransformerConfig:
-    """The ``HookedTransformerConfig`` for a model config and a task's sequence and vocabulary."""
-    return HookedTransformerConfig(
-        n_layers=model.n_layers,
-        d_model=model.d_model,
-        n_heads=model.n_heads,
-        d_head=model.d_head,
-        d_mlp=model.d_mlp or 4 * model.d_model,
-        act_fn=model.act_fn,
-        normalization_type=model.normalization_type,
-        n_ctx=n_ctx,
-        d_vocab=d_vocab,
-        seed=seed,
-        device=device,
-        default_prepend_bos=True,
-    )
-
-
-def build_model(model: ModelConfig, task, seed: int, device: str = "cpu") -> HookedTransformer:
-    """A freshly initialized ``HookedTransformer`` for ``task``, with its tokenizer attached.
+def build_model(model: ModelConfig, task, seed: int, device: str = "cpu"):
+    """A freshly initialized model for ``task``, with its tokenizer attached: a
+    ``HookedTransformer`` on TransformerLens 3.x, a ``TransformerBridge`` on 4.x (the choice is
+    :mod:`memlens.backend`'s; docs/backends.md).
 
     >>> from memlens.tasks import make_task
     >>> task = make_task("fda", preset="tiny")
@@ -70,12 +50,9 @@ def build_model(model: ModelConfig, task, seed: int, device: str = "cpu") -> Hoo
     >>> net.to_str_tokens("1 2 + 3 4 =")[:3]
     ['<bos>', '1', '2']
     """
-    cfg = hooked_config(model, n_ctx=task.seq_len, d_vocab=len(task.tokenizer), seed=seed, device=device)
-    with warnings.catch_warnings():
-        # TransformerLens 3.9 marks HookedTransformer as deprecated in favour of TransformerBridge,
-        # which wraps Hugging Face models; training from scratch needs HookedTransformer.
-        warnings.filterwarnings("ignore", message="HookedTransformer is deprecated",
-                                category=DeprecationWarning)
-        net = HookedTransformer(cfg, tokenizer=task.tokenizer.to_hf(), move_to_device=False)
-    return net.to(torch.device(device), print_details=False)
-
+    return backend.build(
+        n_layers=model.n_layers, d_model=model.d_model, n_heads=model.n_heads, d_head=model.d_head,
+        d_mlp=model.d_mlp or 4 * model.d_model, act_fn=model.act_fn,
+        normalization_type=model.normalization_type, n_ctx=task.seq_len,
+        d_vocab=len(task.tokenizer), seed=seed, tokenizer=task.tokenizer.to_hf(), device=device,
+    )

@@ -7,8 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+. scripts/venv.sh  # $venv: .venv, or .venv-tl4 with MEMLENS_TL=4
 OUT="${OUT:-runs/main}"
-.venv/bin/memlens data fda --preset small --show 2
-.venv/bin/memlens data thr --preset small --show 2
-.venv/bin/memlens reproduce --preset tiny --seeds 2 --jobs 2 --out "$OUT"
+"$venv/bin/memlens" data fda --preset small --show 2
+"$venv/bin/memlens" data thr --preset small --show 2
+"$venv/bin/memlens" reproduce --preset tiny --seeds 2 --jobs 2 --out "$OUT"
 echo "main job done: $OUT/report.html, $OUT/claims.md"

@@ -8,8 +8,9 @@ writer to a later reader. Its attribution score (Syed et al. 2023, after Nanda's
 patching) is the first-order change of the metric when the reader receives the writer's
 corrupted output instead of its clean one: ``(a_u(corrupt) - a_u(clean)) . d metric / d input_v``,
 summed over positions and averaged over examples, from one clean forward and backward pass and
-one corrupted forward pass. TransformerLens 3.9 has no EAP, so it is implemented here on its
-hooks (``use_split_qkv_input``, ``use_attn_result``, ``use_hook_mlp_in``, restored afterwards).
+one corrupted forward pass. TransformerLens has no EAP, so it is implemented here on its split
+hooks (``use_split_qkv_input``, ``use_attn_result``, ``use_hook_mlp_in``), which
+:func:`memlens.backend.split_hooks` provides on either TransformerLens version.
 
 A circuit is the top-k edges by |score|. :func:`circuit_logits` runs the model with every other
 edge fed its corrupted value (exact patching, not the approximation): with all edges kept it
@@ -21,7 +22,6 @@ beside the IoU of random edge sets of the same size.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from memlens import backend
 from memlens.analysis.common import AnalysisError, Result, model_device
 
 
@@ -62,19 +63,10 @@ class Graph:
         return cls(writers, readers, edges)
 
 
-@contextlib.contextmanager
 def _split_hooks(model):
-    """Per-head q/k/v inputs, per-head results and a separate MLP input, restored afterwards."""
-    old = (model.cfg.use_split_qkv_input, model.cfg.use_attn_result, model.cfg.use_hook_mlp_in)
-    model.set_use_split_qkv_input(True)
-    model.set_use_attn_result(True)
-    model.set_use_hook_mlp_in(True)
-    try:
-        yield
-    finally:
-        model.set_use_split_qkv_input(old[0])
-        model.set_use_attn_result(old[1])
-        model.set_use_hook_mlp_in(old[2])
+    """Per-head q/k/v inputs, per-head results and a separate MLP input: a context yielding the
+    model to run inside it (the backend's, restored afterwards)."""
+    return backend.split_hooks(model)
 
 
 def _writer_hooks(model) -> list[str]:
@@ -146,7 +138,7 @@ def edge_attribution(model, clean: Tensor, corrupt: Tensor, metric: Callable[[Te
     clean, corrupt = clean.to(device), corrupt.to(device)
     writer_names = set(_writer_hooks(model))
     n_layers = model.cfg.n_layers
-    with _split_hooks(model):
+    with _split_hooks(model) as model:
         with torch.no_grad():
             corrupt_logits, cache = model.run_with_cache(corrupt, names_filter=lambda n: n in writer_names)
             corrupt_writers = _writers_from(cache, model)
@@ -195,7 +187,7 @@ def circuit_logits(model, clean: Tensor, corrupt: Tensor, keep: set[tuple[int, i
     removed = removed.float().to(device)
     writer_names = set(_writer_hooks(model))
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    with _split_hooks(model):
+    with _split_hooks(model) as model:
         _, cache = model.run_with_cache(corrupt, names_filter=lambda n: n in writer_names)
         corrupt_writers = _writers_from(cache, model)
         del cache

@@ -19,6 +19,12 @@ Grid points of one (layer, position) share a forward, chunked to bound memory. H
 attached with ``model.hooks(...)``, which removes them in a ``finally``, also when a hook or the
 metric raises. The design and its measured speed-up are in docs/benchmarks/patching.md.
 
+Step 2 needs a model that can resume a forward pass at a layer with a key-value cache
+(:func:`memlens.backend.can_resume`: HookedTransformer). On TransformerLens 4's bridge, which
+cannot, the engine keeps step 1 and runs whole sequences instead, every changed (grid point,
+example) of the whole grid as rows of the same chunked forward passes, each row patched by the
+hook of its own layer at its own position (docs/backends.md has the speed-ups).
+
 ``method="full"`` runs one whole forward per grid point instead (what ``transformer_lens.patching``
 does): slower, but exact for any model, including one with permanent hooks that read the input
 tokens themselves (the suffix runs start past the embedding), as the look-up test models do.
@@ -33,10 +39,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from memlens import backend
 from memlens.analysis.common import AnalysisError, check_layers, check_positions, model_device
-
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 # hook kind -> (hook name template, component axis name or None)
 HOOKS: dict[str, tuple[str, str | None]] = {
@@ -128,13 +132,19 @@ def patch_grid(model, source: Int[Tensor, "n pos"], target: Int[Tensor, "n pos"]
         if hook == "resid_pre" and stop is not None:  # what the last block run hands on
             source_cache[hook_name(hook, stop)] = out
         del cache
+    resume = backend.can_resume(model)
     kv_layers = range(min(layers), model.cfg.n_layers)
     wanted = set(names) | {f"blocks.{layer}.hook_resid_pre" for layer in layers}
-    wanted |= {f"blocks.{i}.attn.hook_{kv}" for i in kv_layers for kv in "kv"}
+    if resume:
+        wanted |= {f"blocks.{i}.attn.hook_{kv}" for i in kv_layers for kv in "kv"}
     with torch.no_grad():
         logits, cache = model.run_with_cache(target.to(device), names_filter=lambda x: x in wanted)
     target_run = _TargetRun(logits, {name: cache[name] for name in wanted})
     del cache
+    if not resume:
+        results = _patch_whole(model, target.to(device), target_run, hook, layers, positions,
+                               components, source_cache, metric, chunk_size)
+        return _stack(results, layers, positions, components)
     results: dict[tuple, Tensor] = {}
     for layer in layers:
         name = hook_name(hook, layer)
@@ -143,6 +153,10 @@ def patch_grid(model, source: Int[Tensor, "n pos"], target: Int[Tensor, "n pos"]
             values = _patch_suffix(model, target_run, hook, layer, pos, components, changed,
                                    source_cache[name], metric, chunk_size)
             results.update(((layer, pos, c), v) for c, v in zip(components, values))
+    return _stack(results, layers, positions, components)
+
+
+def _stack(results: dict[tuple, Tensor], layers, positions, components) -> Tensor:
     out = torch.stack([results[key] for key in itertools.product(layers, positions, components)])
     shape = (len(layers), len(positions)) + ((len(components),) if components != [None] else ())
     return out.reshape(shape + tuple(out.shape[1:]))
@@ -154,7 +168,7 @@ def _full_grid(model, source: Tensor, target: Tensor, metric, kind: str, layers:
     """One whole forward of the target per grid point, the source activation patched in."""
     names = {hook_name(kind, layer) for layer in layers}
     _, cache = model.run_with_cache(source, names_filter=lambda x: x in names, return_type=None)
-    values = []
+    results: dict[tuple, Tensor] = {}
     for layer, pos, comp in itertools.product(layers, positions, components):
         src = cache[hook_name(kind, layer)]
 
@@ -166,10 +180,8 @@ def _full_grid(model, source: Tensor, target: Tensor, metric, kind: str, layers:
             return act
 
         with model.hooks(fwd_hooks=[(hook_name(kind, layer), patch)]):
-            values.append(torch.as_tensor(metric(model(target))).detach().cpu())
-    out = torch.stack(values)
-    shape = (len(layers), len(positions)) + ((len(components),) if components != [None] else ())
-    return out.reshape(shape + tuple(out.shape[1:]))
+            results[(layer, pos, comp)] = torch.as_tensor(metric(model(target))).detach().cpu()
+    return _stack(results, layers, positions, components)
 
 
 class _TargetRun:
@@ -178,19 +190,11 @@ class _TargetRun:
     def __init__(self, logits: Tensor, acts: dict[str, Tensor]):
         self.logits, self.acts = logits, acts
 
-    def prefix_cache(self, model, layer: int, pos: int, examples: Tensor) -> TransformerLensKeyValueCache:
-        """A frozen key-value cache holding positions < ``pos`` of ``examples`` for the layers
-        from ``layer`` on (the layers below are not run and get empty entries)."""
-        entries = []
-        for i in range(model.cfg.n_layers):
-            if i < layer:
-                k = v = self.acts[f"blocks.{layer}.attn.hook_k"][examples[:0], :0]
-            else:
-                k = self.acts[f"blocks.{i}.attn.hook_k"][examples, :pos]
-                v = self.acts[f"blocks.{i}.attn.hook_v"][examples, :pos]
-            entries.append(TransformerLensKeyValueCacheEntry(k, v, frozen=True))
-        mask = torch.ones(len(examples), pos, dtype=torch.int, device=examples.device)
-        return TransformerLensKeyValueCache(entries, mask, frozen=True)
+    def prefix_kv(self, model, layer: int, pos: int, examples: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Keys and values of positions < ``pos`` of ``examples``, for the layers from ``layer`` on."""
+        layers = range(layer, model.cfg.n_layers)
+        return ([self.acts[f"blocks.{i}.attn.hook_k"][examples, :pos] for i in layers],
+                [self.acts[f"blocks.{i}.attn.hook_v"][examples, :pos] for i in layers])
 
 
 def _changed_examples(src: Tensor, tgt: Tensor, pos: int, components: list) -> list[Tensor]:
@@ -247,9 +251,66 @@ def _suffix_forward(model, target_run: _TargetRun, kind: str, layer: int, pos: i
         return act
 
     resid = target_run.acts[f"blocks.{layer}.hook_resid_pre"][examples, pos:]
-    kv_cache = target_run.prefix_cache(model, layer, pos, examples)
+    keys, values = target_run.prefix_kv(model, layer, pos, examples)
     with model.hooks(fwd_hooks=[(hook_name(kind, layer), patch)]):
-        return model(resid, start_at_layer=layer, past_kv_cache=kv_cache, return_type="logits")
+        return backend.run_suffix(model, resid, layer, keys, values)
+
+
+@torch.no_grad()
+def _patch_whole(model, target: Tensor, target_run: _TargetRun, kind: str, layers: list[int],
+                 positions: list[int], components: list, source_cache: dict[str, Tensor], metric,
+                 chunk_size: int) -> dict[tuple, Tensor]:
+    """The grid for models that cannot resume with a key-value cache (the bridge).
+
+    Every (grid point, changed example) is one row. Per layer, the rows of all its positions and
+    components share chunked forward passes of whole sequences from that layer, and the hook
+    there patches each row at its own position and component. Unchanged examples reuse the
+    target logits, as in the suffix path."""
+    device = target.device
+    # Whole sequences are costlier rows than suffixes: at 4096 rows a chunk ran 1.6x slower per
+    # row than at 128-512 on 2 CPU cores (cache misses), so chunks stay at most 512 rows here.
+    chunk_size = min(chunk_size, 512)
+    results = {}
+    for layer in layers:
+        name = hook_name(kind, layer)
+        rows = []  # (pos, component index, example)
+        for pos in positions:
+            changed = _changed_examples(source_cache[name], target_run.acts[name], pos, components)
+            rows += [(pos, j, ex) for j, idx in enumerate(changed) for ex in idx.tolist()]
+        grid = torch.tensor(rows, device=device, dtype=torch.long).reshape(-1, 3)
+        resid = target_run.acts[f"blocks.{layer}.hook_resid_pre"]
+        row_logits = []
+        for start in range(0, len(grid), chunk_size):
+            chunk = grid[start:start + chunk_size]
+            with model.hooks(fwd_hooks=[(name, _row_patch(chunk, components, source_cache[name]))]):
+                row_logits.append(backend.run_from_layer(model, resid[chunk[:, 2]], layer))
+        all_logits = torch.cat(row_logits) if row_logits else None
+        for pos in positions:
+            for j, comp in enumerate(components):
+                mine = ((grid[:, 0] == pos) & (grid[:, 1] == j)).nonzero()[:, 0]
+                logits = target_run.logits
+                if len(mine):
+                    logits = logits.clone()
+                    logits[grid[mine, 2]] = all_logits[mine]
+                results[(layer, pos, comp)] = torch.as_tensor(metric(logits)).detach().cpu()
+    return results
+
+
+def _row_patch(chunk: Tensor, components: list, src: Tensor):
+    """A hook writing, for each row (position, component index, example) of ``chunk``, its
+    example's source activation at its position (and component) into the run."""
+    rows = torch.arange(len(chunk), device=chunk.device)
+    pos, examples = chunk[:, 0], chunk[:, 2]
+
+    def patch(act: Tensor, hook) -> Tensor:
+        if components == [None]:
+            act[rows, pos] = src[examples, pos].to(act.dtype)
+        else:
+            comp = torch.tensor(components, device=act.device)[chunk[:, 1]]
+            act[rows, pos, comp] = src[examples, pos, comp].to(act.dtype)
+        return act
+
+    return patch
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Training HookedTransformer models from scratch, run directories and metrics."""
+"""Training TransformerLens models from scratch, run directories and metrics."""
 
 from memlens.training.config import RunConfig, TrainConfig, make_run_config
 from memlens.training.metrics import evaluate, phase_summary

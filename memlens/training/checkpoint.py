@@ -1,5 +1,12 @@
 """Checkpoints in safetensors: model weights, and for resuming the AdamW state too.
 
+Weights are stored in one layout on every TransformerLens version: HookedTransformer's parameter
+names and shapes (``blocks.0.attn.W_Q`` as ``(n_heads, d_model, d_head)``, ...; metadata
+``layout=hooked-transformer``), converted by :mod:`memlens.backend`, so a run trained under
+TransformerLens 3.9 loads under 4.x and the reverse (docs/backends.md). AdamW moments are named
+by their parameter and stored in the same layout, so a run can also be resumed under the other
+version.
+
 Nothing is ever unpickled: optimizer state is flattened into named tensors, and the step and the
 run's config fingerprint go into the safetensors metadata. Every write is atomic.
 """
@@ -14,7 +21,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from memlens import backend
 from memlens.io import atomic_path
+
+LAYOUT = "hooked-transformer"  # see the module docstring
 
 
 class CheckpointError(RuntimeError):
@@ -23,27 +33,35 @@ class CheckpointError(RuntimeError):
 
 def save_weights(path: str | os.PathLike, model: torch.nn.Module, step: int, fingerprint: str) -> None:
     """Model weights with ``step`` and the config ``fingerprint`` in the metadata."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"step": str(step), "fingerprint": fingerprint})
+        save_file(backend.state_dict(model), str(tmp), metadata=_metadata(step, fingerprint))
+
+
+def _metadata(step: int, fingerprint: str) -> dict[str, str]:
+    return {"step": str(step), "fingerprint": fingerprint, "layout": LAYOUT,
+            "transformer_lens": backend.TL_VERSION}
 
 
 def save_resume_state(path: str | os.PathLike, model: torch.nn.Module,
                       optimizer: torch.optim.Optimizer, step: int, fingerprint: str) -> None:
-    """Weights plus AdamW moments: everything needed to continue exactly where training stopped."""
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    opt_state = optimizer.state_dict()
+    """Weights plus AdamW moments: everything needed to continue exactly where training stopped.
+
+    Optimizer state is keyed by parameter name (``optim.blocks.0.attn.W_Q.exp_avg``), in the
+    weights' layout, so that the other TransformerLens version can continue the run."""
+    tensors = {f"model.{k}": v for k, v in backend.state_dict(model).items()}
+    names = backend.canonical_names(model)
     scalars = {}
-    for idx, state in opt_state["state"].items():
+    for param, state in optimizer.state.items():
         for key, value in state.items():
             if torch.is_tensor(value):
-                tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
+                if value.shape == param.shape:  # moments, shaped like their parameter
+                    value = backend.to_canonical(model, param, value)
+                tensors[f"optim.{names[id(param)]}.{key}"] = value.detach().cpu().contiguous()
             else:
-                scalars[f"{idx}.{key}"] = value
-    metadata = {
-        "step": str(step), "fingerprint": fingerprint,
-        "param_groups": json.dumps(opt_state["param_groups"]), "scalars": json.dumps(scalars),
-    }
+                scalars[f"{names[id(param)]}.{key}"] = value
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.state_dict()["param_groups"]]
+    metadata = {**_metadata(step, fingerprint), "param_groups": json.dumps(groups),
+                "scalars": json.dumps(scalars)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
@@ -66,15 +84,10 @@ def _read(path: Path, fingerprint: str | None) -> tuple[dict[str, torch.Tensor],
 
 
 def _load_model_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    shapes = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
-    if missing or shapes:
-        raise CheckpointError(
-            f"checkpoint {path} does not match the model: missing {missing[:5]}, "
-            f"shape mismatch {shapes[:5]}"
-        )
-    model.load_state_dict({k: tensors[k] for k in expected}, strict=True)
+    try:
+        backend.load_state_dict(model, tensors, source=f"checkpoint {path}")
+    except backend.BackendError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def load_weights(path: str | os.PathLike, model: torch.nn.Module,
@@ -94,6 +107,40 @@ def load_resume_state(path: str | os.PathLike, model: torch.nn.Module,
     path = Path(path)
     tensors, metadata = _read(path, fingerprint)
     _load_model_tensors(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    if metadata.get("layout") != LAYOUT:  # written before layouts: optimizer state by index
+        return _load_indexed_optimizer(path, tensors, metadata, optimizer)
+    names = backend.canonical_names(model)
+    stored = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            name, field = key[6:].rsplit(".", 1)
+            stored.setdefault(name, {})[field] = value
+    for key, value in json.loads(metadata.get("scalars", "{}")).items():
+        name, field = key.rsplit(".", 1)
+        stored.setdefault(name, {})[field] = value
+    current = optimizer.state_dict()["param_groups"]
+    try:
+        groups = json.loads(metadata["param_groups"])
+        if len(groups) != len(current):
+            raise ValueError(f"{len(groups)} parameter groups, the optimizer has {len(current)}")
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        state = {}
+        for idx, param in zip((i for g in current for i in g["params"]), params):
+            entry = stored.get(names[id(param)], {})
+            state[idx] = {k: backend.from_canonical(model, param, v)
+                          if torch.is_tensor(v) and v.ndim and v.numel() == param.numel() else v
+                          for k, v in entry.items()}
+        optimizer.load_state_dict({"state": state, "param_groups": [
+            {**g, "params": c["params"]} for g, c in zip(groups, current)]})
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} has no usable optimizer state: {err}") from None
+    return int(metadata["step"])
+
+
+def _load_indexed_optimizer(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+                            optimizer: torch.optim.Optimizer) -> int:
+    """Resume files of memlens before the shared layout: state keyed by parameter index, for
+    the same TransformerLens version that wrote them."""
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):

@@ -55,7 +55,7 @@ class TrainConfig:
     # Compile the training step with torch.compile (analyses always run the eager, hooked model).
     compile: bool = False
     # Train through memlens.training.fast_forward (the same function and parameters as the
-    # HookedTransformer, fused, without hooks); false trains through the HookedTransformer.
+    # model, fused, without hooks); false trains through the hooked model itself.
     fast_forward: bool = True
 
     def __post_init__(self) -> None:

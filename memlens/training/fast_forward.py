@@ -1,16 +1,17 @@
-"""The training forward pass, computed from a HookedTransformer's own parameters without hooks.
+"""The training forward pass, computed from a model's own parameters without hooks.
 
-A HookedTransformer runs each layer as many small modules and hook points (manual LayerNorm,
-separate Q/K/V einsums); on the small models memlens trains, that Python and kernel-launch
-overhead is most of the step (docs/benchmarks.md: the same architecture in plain PyTorch is
+A HookedTransformer (and, more so, a TransformerBridge) runs each layer as many small modules
+and hook points (manual LayerNorm, separate Q/K/V einsums); on the small models memlens trains,
+that Python and kernel-launch overhead is most of the step (docs/benchmarks.md: the same architecture in plain PyTorch is
 1.2x faster on 2 CPU cores and 2x on an H200). :class:`FastForward` computes the same function
 with fused operations (``F.layer_norm``, one QKV matrix product, ``addmm``)
-over the *same parameter tensors*, so gradients land in the HookedTransformer, and evaluation,
+over the *same parameter tensors* (read through :func:`memlens.backend.canonical_params`, on
+either TransformerLens version), so gradients land in the model, and evaluation,
 checkpoints and every analysis keep using it with hooks as usual. Equality with
 ``model(tokens)`` is tested to 1e-5 (tests/training/test_fast_forward.py).
 
 Configurations outside the common case (rotary or shortformer positions, gated MLPs, ...) are
-not covered: :func:`supports` says so and the trainer then uses the HookedTransformer itself.
+not covered: :func:`supports` says so and the trainer then uses the model itself.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_ACTIVATIONS = {
+from memlens.backend import canonical_params
+
+ACTIVATIONS = {
     "relu": F.relu,
     "gelu": F.gelu,
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
@@ -35,7 +38,7 @@ def supports(model) -> bool:
     return (
         cfg.positional_embedding_type == "standard"
         and cfg.normalization_type in ("LN", "LNPre", None)
-        and cfg.act_fn in _ACTIVATIONS
+        and cfg.act_fn in ACTIVATIONS
         and not cfg.attn_only
         and not cfg.gated_mlp
         and cfg.use_attn_scale
@@ -63,35 +66,37 @@ class FastForward(nn.Module):
     def __init__(self, model):
         super().__init__()
         if not supports(model):
-            raise ValueError("FastForward does not cover this HookedTransformer configuration; "
+            raise ValueError("FastForward does not cover this model configuration; "
                              "call the model itself")
-        self.model = model  # a submodule: .parameters() are the HookedTransformer's
+        self.model = model  # a submodule: .parameters() are the model's
         cfg = model.cfg
-        self.act = _ACTIVATIONS[cfg.act_fn]
-        self.scale = 1.0 / cfg.attn_scale if cfg.attn_scale else 1.0 / math.sqrt(cfg.d_head)
+        self.act = ACTIVATIONS[cfg.act_fn]
+        # HookedTransformer stores sqrt(d_head) in attn_scale; the bridge stores -1 for "default".
+        self.scale = 1.0 / (cfg.attn_scale if cfg.attn_scale and cfg.attn_scale > 0 else math.sqrt(cfg.d_head))
 
-    def _norm(self, ln, x: torch.Tensor) -> torch.Tensor:
+    def _norm(self, w: dict[str, torch.Tensor], prefix: str, x: torch.Tensor) -> torch.Tensor:
         kind = self.model.cfg.normalization_type
         if kind is None:
             return x
         if kind == "LN":
-            return F.layer_norm(x, x.shape[-1:], ln.w, ln.b, eps=self.model.cfg.eps)
+            return F.layer_norm(x, x.shape[-1:], w[f"{prefix}.w"], w[f"{prefix}.b"], eps=self.model.cfg.eps)
         return F.layer_norm(x, x.shape[-1:], None, None, eps=self.model.cfg.eps)  # LNPre
 
     def forward(self, tokens: torch.Tensor, return_type: str = "logits") -> torch.Tensor:
         if return_type != "logits":
             raise ValueError(f"return_type={return_type!r} is invalid: FastForward returns logits")
-        m, cfg = self.model, self.model.cfg
+        cfg = self.model.cfg
+        w = canonical_params(self.model)
         n, pos = tokens.shape
         heads, d_head = cfg.n_heads, cfg.d_head
-        x = m.embed.W_E[tokens] + m.pos_embed.W_pos[:pos]
+        x = w["embed.W_E"][tokens] + w["pos_embed.W_pos"][:pos]
         mask = torch.ones(pos, pos, dtype=torch.bool, device=tokens.device).triu(1)
-        for block in m.blocks:
-            a = block.attn
-            h = self._norm(getattr(block, "ln1", None), x)
+        for layer in range(cfg.n_layers):
+            p = f"blocks.{layer}"
+            h = self._norm(w, f"{p}.ln1", x)
             # One product for Q, K and V: weights (3, heads, d_model, d_head) -> (d_model, 3*heads*d_head).
-            w_qkv = torch.stack([a.W_Q, a.W_K, a.W_V]).permute(2, 0, 1, 3).reshape(cfg.d_model, -1)
-            b_qkv = torch.stack([a.b_Q, a.b_K, a.b_V]).reshape(-1)
+            w_qkv = torch.stack([w[f"{p}.attn.W_{c}"] for c in "QKV"]).permute(2, 0, 1, 3).reshape(cfg.d_model, -1)
+            b_qkv = torch.stack([w[f"{p}.attn.b_{c}"] for c in "QKV"]).reshape(-1)
             q, k, v = torch.addmm(b_qkv, h.reshape(n * pos, -1), w_qkv).view(n, pos, 3, heads, d_head) \
                 .permute(2, 0, 3, 1, 4).unbind(0)  # each (n, heads, pos, d_head)
             # Explicit softmax attention, as TransformerLens computes it: on 2 CPU cores it is
@@ -99,10 +104,10 @@ class FastForward(nn.Module):
             scores = (q @ k.transpose(-1, -2) * self.scale).masked_fill(mask, float("-inf"))
             z = scores.softmax(-1) @ v
             z = z.transpose(1, 2).reshape(n * pos, heads * d_head)
-            x = x + torch.addmm(a.b_O, z, a.W_O.reshape(heads * d_head, cfg.d_model)).view(n, pos, -1)
-            h = self._norm(getattr(block, "ln2", None), x).reshape(n * pos, -1)
-            mlp = block.mlp
-            hidden = self.act(torch.addmm(mlp.b_in, h, mlp.W_in))
-            x = x + torch.addmm(mlp.b_out, hidden, mlp.W_out).view(n, pos, -1)
-        x = self._norm(getattr(m, "ln_final", None), x).reshape(n * pos, -1)
-        return torch.addmm(m.unembed.b_U, x, m.unembed.W_U).view(n, pos, -1)
+            w_o = w[f"{p}.attn.W_O"].reshape(heads * d_head, cfg.d_model)
+            x = x + torch.addmm(w[f"{p}.attn.b_O"], z, w_o).view(n, pos, -1)
+            h = self._norm(w, f"{p}.ln2", x).reshape(n * pos, -1)
+            hidden = self.act(torch.addmm(w[f"{p}.mlp.b_in"], h, w[f"{p}.mlp.W_in"]))
+            x = x + torch.addmm(w[f"{p}.mlp.b_out"], hidden, w[f"{p}.mlp.W_out"]).view(n, pos, -1)
+        x = self._norm(w, "ln_final", x).reshape(n * pos, -1)
+        return torch.addmm(w["unembed.b_U"], x, w["unembed.W_U"]).view(n, pos, -1)

@@ -7,6 +7,7 @@
     RUN/checkpoints/resume.safetensors         latest weights + AdamW state (for --resume)
     RUN/checkpoints/pre_memorization.safetensors   the last evaluated weights with noisy recall < 0.1
     RUN/final.safetensors      final weights (present once training finished)
+    (weights in HookedTransformer's layout on every TransformerLens version: memlens.backend)
     RUN/summary.json           final metrics, phase summary, wall time (present once finished)
 """
 
@@ -45,13 +46,13 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
 
 def versions() -> dict[str, str]:
     import torch
-    import transformer_lens
 
     import memlens
+    from memlens import backend
 
     return {
         "memlens": memlens.__version__, "torch": torch.__version__,
-        "transformer_lens": getattr(transformer_lens, "__version__", "unknown"),
+        "transformer_lens": backend.TL_VERSION, "model_class": backend.MODEL_CLASS,
         "python": platform.python_version(),
     }
 
@@ -154,6 +155,7 @@ class Run:
     def load_model(self, checkpoint: str | int):
         """Another checkpoint of this run as a model on the same device (``"pre_memorization"``,
         ``"final"``, ``"resume"`` or a kept step); a missing file is a :class:`RunDirError`."""
+        from memlens import backend
         from memlens.models import build_model
         from memlens.training.checkpoint import load_weights
 
@@ -162,7 +164,7 @@ class Run:
             raise RunDirError(f"{self.path} has no {checkpoint} checkpoint ({weights.name})")
         model = build_model(self.config.model, self.task, seed=self.config.seed, device="cpu")
         load_weights(weights, model, fingerprint=self.config.fingerprint())
-        return model.to(next(self.model.parameters()).device, print_details=False).eval()
+        return backend.to_device(model, next(self.model.parameters()).device).eval()
 
 
 def _weights_path(run_dir: Path, checkpoint: str | int) -> Path:
@@ -191,6 +193,7 @@ def load_run(path: str | os.PathLike, checkpoint: str | int = "final", device: s
     >>> run.model.cfg.n_layers, len(run.splits["train_noisy"])  # doctest: +SKIP
     (2, 500)
     """
+    from memlens import backend
     from memlens.models import build_model
     from memlens.training.checkpoint import load_weights
 
@@ -218,7 +221,7 @@ def load_run(path: str | os.PathLike, checkpoint: str | int = "final", device: s
         raise RunDirError(f"{run_dir / TOKENIZER} does not match the task's vocabulary")
     model = build_model(config.model, task, seed=config.seed, device="cpu")
     load_weights(weights, model, fingerprint=config.fingerprint())
-    model.to(device, print_details=False).eval()
+    backend.to_device(model, device).eval()
     summary = json.loads((run_dir / SUMMARY).read_text()) if (run_dir / SUMMARY).exists() else {}
     return Run(path=run_dir, config=config, task=task, tokenizer=tokenizer, model=model,
                dataset=dataset, metrics=pd.DataFrame(read_metrics(run_dir)), summary=summary)

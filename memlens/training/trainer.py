@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from memlens import backend
 from memlens.io import atomic_write_json
 from memlens.models import build_model
 from memlens.tasks import Dataset, Examples, task_from_config
@@ -66,9 +67,12 @@ class BatchSampler:
 
 
 def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
-    """AdamW; weight decay on weight matrices only, not on biases and LayerNorm parameters."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    """AdamW; weight decay on the parameters that are matrices in the HookedTransformer layout
+    (which includes the per-head Q/K/V biases, ``(n_heads, d_head)``), not on other biases and
+    LayerNorm parameters. Decided in that layout, so both TransformerLens versions train alike."""
+    ndim = {id(p): backend.to_canonical(model, p, p).ndim for p in model.parameters()}
+    decay = [p for p in model.parameters() if ndim[id(p)] >= 2]
+    no_decay = [p for p in model.parameters() if ndim[id(p)] < 2]
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay},
          {"params": no_decay, "weight_decay": 0.0}],
@@ -162,7 +166,7 @@ def _train(config: RunConfig, run_dir: Path, device: str, continuing: bool, prog
     model = build_model(config.model, task, seed=config.seed, device=device)
     tcfg = config.train
     # The training step calls ``net``; evaluation, checkpoints and analyses use the
-    # HookedTransformer ``model``, whose parameters ``net`` shares.
+    # TransformerLens ``model``, whose parameters ``net`` shares.
     fast = tcfg.fast_forward and supports(model)
     eval_net = FastForward(model) if fast else model  # evaluation needs no hooks either
     net = distributed.wrap(eval_net, ctx, device)

@@ -46,7 +46,12 @@ def patched_and_tl(model, clean, corrupted_tokens, kind, tl_fn, chunk_size):
     asserted equal to 1e-5; returns (memlens grid, metric)."""
     metric = label_logprob_metric(clean)
     _, cache = model.run_with_cache(clean.tokens)
-    want = tl_fn(model, corrupted_tokens, cache, metric)
+    # Without gradients TransformerLens patches in place, as memlens does. With them, TL 4's
+    # patching clones the activation first, and on the bridge, whose hook_resid_mid is an alias
+    # of ln2.hook_in, a cloned resid_mid patch reaches the MLP input only, not the residual
+    # stream (docs/backends.md); in place it is TL 3.9's residual patch.
+    with torch.no_grad():
+        want = tl_fn(model, corrupted_tokens, cache, metric)
     got = patch_grid(model, clean.tokens, corrupted_tokens, metric, hook=kind, chunk_size=chunk_size)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want.cpu(), atol=1e-5, rtol=0)

@@ -31,13 +31,11 @@ def test_unknown_token_named():
 
 
 def test_transformer_lens_to_tokens_matches_dataset():
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from memlens.models import ModelConfig, build_model  # HookedTransformer or TransformerBridge
 
     task = make_task("thr", preset="tiny")
     data = task.generate(0)
-    cfg = HookedTransformerConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, n_ctx=8,
-                                  d_vocab=len(task.tokenizer), act_fn="relu")
-    model = HookedTransformer(cfg, tokenizer=task.tokenizer.to_hf())
+    model = build_model(ModelConfig(n_layers=1, d_model=16, n_heads=2), task, seed=0)
     text = task.tokenizer.decode(data.train.tokens[5])
     assert torch.equal(model.to_tokens(text)[0], data.train.tokens[5])
     assert model.to_str_tokens(data.train.tokens[5]) == task.tokenizer.to_str_tokens(data.train.tokens[5])
