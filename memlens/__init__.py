@@ -1,20 +1,49 @@
 """memlens: how small transformers memorize label noise while still reasoning.
 
-Tasks, training and analyses on TransformerLens models (``HookedTransformer`` on 3.9,
-``TransformerBridge`` on 4.x: docs/backends.md); see README.md.
+Tasks, training and analyses on TransformerLens models (``HookedTransformer`` on TransformerLens
+3.9, ``TransformerBridge`` on 4.x); see README.md and docs/api.md. The public API, by layer:
+
+* tasks: :func:`make_task`, :func:`register_task`, :class:`Examples`, :class:`Dataset`,
+  :class:`TaskBase`, :class:`Intermediate`;
+* training and runs: :func:`make_run_config`, :func:`train`, :func:`load_run`, :class:`Run`,
+  :func:`phase_summary`;
+* analyses (``(model, examples, ...) -> Result``, each with ``.to_frame()`` and ``.figure()``):
+  :func:`behaviour`, :func:`logit_lens`, :func:`fit_probes`, :func:`probe_study`,
+  :func:`make_counterfactuals`, :func:`matched_counterfactuals`, :func:`patch_intermediate`,
+  :func:`intermediate_dependence`, :func:`patch_grid`, :func:`run_with_patch`, :func:`intervene`,
+  :func:`encoding`, :func:`neuron_table`, :func:`classify_neurons`, :func:`score_outliers`,
+  :func:`neuron_patching`, :func:`neuron_study`, :func:`fourier_neurons`,
+  :func:`edge_attribution`, :func:`faithfulness`;
+* run level: :func:`analyze_run`, :func:`load_analysis`, :func:`write_report`,
+  :func:`score_run_dirs`, :func:`claim_verdicts`, :func:`reproduce`.
 """
 
 from memlens.analysis import (
-    encoding, fit_probes, intervene, logit_lens, make_counterfactuals, neuron_table, patch_grid,
-    patch_intermediate, run_with_patch,
+    behaviour, classify_neurons, edge_attribution, encoding, faithfulness, fit_probes,
+    fourier_neurons, intermediate_dependence, intervene, logit_lens, make_counterfactuals,
+    matched_counterfactuals, neuron_patching, neuron_study, neuron_table, patch_grid,
+    patch_intermediate, probe_study, run_with_patch, score_outliers,
 )
-from memlens.tasks import Dataset, Examples, make_task
+from memlens.analysis.runner import analyze_run, load_analysis
+from memlens.claims import claim_verdicts, score_run_dirs
+from memlens.reproduce import reproduce
+from memlens.tasks import Dataset, Examples, Intermediate, TaskBase, make_task, register_task
 from memlens.training import Run, load_run, make_run_config, phase_summary, train
+from memlens.viz.report import write_report
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "Dataset", "Examples", "Run", "__version__", "encoding", "fit_probes", "intervene",
-    "load_run", "logit_lens", "make_counterfactuals", "make_run_config", "make_task",
-    "neuron_table", "patch_grid", "patch_intermediate", "phase_summary", "run_with_patch", "train",
+    # tasks
+    "Dataset", "Examples", "Intermediate", "TaskBase", "make_task", "register_task",
+    # training and runs
+    "Run", "load_run", "make_run_config", "phase_summary", "train",
+    # analyses
+    "behaviour", "classify_neurons", "edge_attribution", "encoding", "faithfulness", "fit_probes",
+    "fourier_neurons", "intermediate_dependence", "intervene", "logit_lens", "make_counterfactuals",
+    "matched_counterfactuals", "neuron_patching", "neuron_study", "neuron_table", "patch_grid",
+    "patch_intermediate", "probe_study", "run_with_patch", "score_outliers",
+    # run level
+    "analyze_run", "claim_verdicts", "load_analysis", "reproduce", "score_run_dirs", "write_report",
+    "__version__",
 ]

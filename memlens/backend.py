@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from importlib.metadata import version
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn

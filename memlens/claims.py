@@ -13,7 +13,8 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,8 @@ from memlens.analysis.common import AnalysisError
 from memlens.analysis.heuristics import matched_shares
 from memlens.analysis.logit_lens import takeover_point
 from memlens.analysis.runner import load_analysis
+from memlens.analysis.schemas import SchemaError
+from memlens.analysis.schemas import check as check_schema
 from memlens.config import ConfigError
 from memlens.stats import hierarchical_bootstrap, passes, resample, verdict
 
@@ -41,7 +44,9 @@ class RunData:
 
     @cached_property
     def header(self) -> dict:
-        return json.loads((self.path / "config.json").read_text())
+        from memlens.training.run import read_header
+
+        return read_header(self.path)
 
     @cached_property
     def task(self):
@@ -52,8 +57,9 @@ class RunData:
 
     @cached_property
     def summary(self) -> dict:
-        path = self.path / "summary.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        from memlens.training.run import read_summary
+
+        return read_summary(self.path)
 
     @cached_property
     def metrics(self) -> list[dict]:
@@ -63,9 +69,15 @@ class RunData:
 
     def analysis(self, name: str) -> dict:
         try:
-            return load_analysis(self.path, name)
+            data = load_analysis(self.path, name)
         except AnalysisError as err:
             raise NotMeasured(str(err)) from None
+        try:
+            check_schema(name, data["summary"])
+        except SchemaError as err:  # written by an older memlens: say how to refresh it
+            raise NotMeasured(f"{self.path / 'analysis' / (name + '.json')} is out of date ({err}): "
+                              f"rerun `memlens analyze {self.path} --only {name}`") from None
+        return data
 
     def finished(self) -> dict:
         if "final_metrics" not in self.summary:
@@ -649,5 +661,36 @@ def to_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["PARTS", "Part", "RunData", "claim_verdicts", "parse_claims", "score", "score_part",
-           "to_markdown"]
+def role_of(config: dict) -> str:
+    """``baseline`` (noise rate 0), ``reference`` (noise rate 1: every label random) or ``run``,
+    from a run's stored task config."""
+    rate = config.get("noise_rate")
+    return "baseline" if rate == 0 else "reference" if rate == 1 else "run"
+
+
+def group_run_dirs(run_dirs: list[Path]) -> tuple[dict[str, list[Path]], dict[str, Path]]:
+    from memlens.training.run import read_header
+
+    """Run directories by task, and each task's pure-memorizer reference (the run whose noise
+    rate is 1); noise-free baselines are left out (they enter through ``behaviour``)."""
+    runs: dict[str, list[Path]] = {}
+    references: dict[str, Path] = {}
+    for run_dir in run_dirs:
+        stored = read_header(run_dir)["run"]
+        role = role_of(stored["task_config"])
+        if role == "reference":
+            references.setdefault(stored["task"], Path(run_dir))
+        elif role == "run":
+            runs.setdefault(stored["task"], []).append(Path(run_dir))
+    return runs, references
+
+
+def score_run_dirs(run_dirs: list[Path], only: list[int] | None = None) -> list[dict]:
+    """The claims scorecard over run directories (seeds of a task together; a reference run
+    among them is used as that task's pure-memorizer reference)."""
+    runs, references = group_run_dirs(run_dirs)
+    return score(runs, references, only=only)
+
+
+__all__ = ["PARTS", "Part", "RunData", "claim_verdicts", "group_run_dirs", "parse_claims", "role_of",
+           "score", "score_part", "score_run_dirs", "to_markdown"]

@@ -18,20 +18,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from memlens.config import ConfigError
+from memlens.config import ConfigError, parse_sets
 from memlens.presets import DEFAULT_PRESET, PRESET_NAMES
 from memlens.tasks import TASKS
-
-
-def parse_sets(pairs: Sequence[str]) -> dict[str, str]:
-    """``["train.steps=100", ...]`` to ``{"train.steps": "100"}``."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {pair!r} is invalid: expected SECTION.FIELD=VALUE")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -121,7 +110,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_claims(args: argparse.Namespace) -> int:
     from memlens.claims import parse_claims, to_markdown
     from memlens.io import atomic_write_json, atomic_write_text
-    from memlens.reproduce import score_run_dirs
+    from memlens.claims import score_run_dirs
     from memlens.training.run import RunDirError
     from memlens.viz.report import check_run_dirs
 
@@ -164,6 +153,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from memlens.tasks import load_task_modules
+
+    load_task_modules()  # tasks of your own (MEMLENS_TASK_MODULES) become valid choices
     parser = argparse.ArgumentParser(prog="memlens", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -223,7 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ConfigError as err:
+        print(f"memlens: error: {err}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

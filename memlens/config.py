@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from typing import Any
+from typing import Any, Sequence
 
 
 class ConfigError(ValueError):
@@ -118,3 +118,18 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
             value = _parse_value(value, hints.get(key), key)
         changes[key] = value
     return dataclasses.replace(cfg, **changes)
+
+
+def parse_sets(pairs: Sequence[str]) -> dict[str, str]:
+    """``["train.steps=100", ...]`` (``--set`` arguments) to ``{"train.steps": "100"}``.
+
+    >>> parse_sets(["train.steps=100"])
+    {'train.steps': '100'}
+    """
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r} is invalid: expected SECTION.FIELD=VALUE")
+        out[key.strip()] = value.strip()
+    return out

@@ -25,17 +25,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from memlens.analysis.runner import ANALYSES, ANALYSIS_DIR, REFERENCE_ANALYSES
-from memlens.claims import claim_verdicts, score, to_markdown
-from memlens.config import ConfigError, require_int
+from memlens.claims import claim_verdicts, role_of, score, to_markdown
+from memlens.config import ConfigError, parse_sets, require_int
 from memlens.io import atomic_write_json, atomic_write_text
 from memlens.presets import PRESET_NAMES, get_preset
 from memlens.tasks import TASKS, make_task
 from memlens.training import make_run_config
 from memlens.training.config import RunConfig
-from memlens.training.run import CONFIG, FINAL, SUMMARY, RunDirError
+from memlens.training.run import CONFIG, FINAL, SUMMARY, RunDirError, read_header
 
 ROLES = ("run", "baseline", "reference")
 DEFAULT_TASKS = ("fda", "thr")
@@ -53,13 +53,6 @@ class Job:
     @property
     def name(self) -> str:
         return self.run_dir.name
-
-
-def role_of(config: dict) -> str:
-    """``baseline`` (noise rate 0), ``reference`` (noise rate 1: every label random) or ``run``,
-    from a run's stored task config."""
-    rate = config.get("noise_rate")
-    return "baseline" if rate == 0 else "reference" if rate == 1 else "run"
 
 
 def role_overrides(task: str, preset: str, role: str) -> dict:
@@ -83,9 +76,13 @@ def run_state(run_dir: Path) -> str:
 
 
 def missing_analyses(run_dir: Path) -> list[str]:
-    """Analyses whose result file is absent or unreadable."""
+    """Analyses that apply to the run's task whose result file is absent or unreadable."""
+    from memlens.analysis.runner import applicable
+    from memlens.tasks import task_from_config
+
+    stored = read_header(run_dir)["run"]
     missing = []
-    for name in ANALYSES:
+    for name in applicable(task_from_config(stored["task"], stored["task_config"])):
         path = run_dir / ANALYSIS_DIR / f"{name}.json"
         try:
             json.loads(path.read_text())
@@ -107,6 +104,9 @@ def plan(preset: str, seeds: int, out: Path, tasks=DEFAULT_TASKS, overrides: dic
         raise ConfigError(f"preset={preset!r} is invalid: expected one of {list(PRESET_NAMES)}")
     require_int(seeds, "seeds", 1)
     require_int(baselines, "baselines", 0, seeds)
+    from memlens.tasks import load_task_modules
+
+    load_task_modules()
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise ConfigError(f"tasks={list(tasks)!r} is invalid: expected some of {sorted(TASKS)}")
@@ -121,7 +121,7 @@ def plan(preset: str, seeds: int, out: Path, tasks=DEFAULT_TASKS, overrides: dic
             run_dir = out / name
             state = run_state(run_dir)
             if state != "new":
-                stored = json.loads((run_dir / CONFIG).read_text())["run"]
+                stored = read_header(run_dir)["run"]
                 if RunConfig.from_dict(stored).experiment_dict() != config.experiment_dict():
                     raise RunDirError(f"{run_dir} holds a different run than {name} with these "
                                       "settings; it is left untouched: choose another --out")
@@ -183,28 +183,6 @@ def analyze_job(job: Job, device: str, threads: int, log_dir: Path, baseline: Pa
     return record
 
 
-def group_run_dirs(run_dirs: list[Path]) -> tuple[dict[str, list[Path]], dict[str, Path]]:
-    """Run directories by task, and each task's pure-memorizer reference (the run whose noise
-    rate is 1); noise-free baselines are left out (they enter through ``behaviour``)."""
-    runs: dict[str, list[Path]] = {}
-    references: dict[str, Path] = {}
-    for run_dir in run_dirs:
-        stored = json.loads((Path(run_dir) / CONFIG).read_text())["run"]
-        role = role_of(stored["task_config"])
-        if role == "reference":
-            references.setdefault(stored["task"], Path(run_dir))
-        elif role == "run":
-            runs.setdefault(stored["task"], []).append(Path(run_dir))
-    return runs, references
-
-
-def score_run_dirs(run_dirs: list[Path], only: list[int] | None = None) -> list[dict]:
-    """The claims scorecard over run directories (seeds of a task together; a reference run
-    among them is used as that task's pure-memorizer reference)."""
-    runs, references = group_run_dirs(run_dirs)
-    return score(runs, references, only=only)
-
-
 def _pool(fn, items: list, jobs: int, describe: Callable[[dict], str], log) -> list[dict]:
     """``fn`` over ``items``, ``jobs`` at a time; logs each as it finishes."""
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -224,8 +202,6 @@ def reproduce(preset: str = "small", seeds: int = 3, out: str | Path | None = No
     ``baselines``: noise-free seeds per task (default ``min(seeds, 3)``); ``reference``: train
     the pure-memorizer reference.
     """
-    from memlens.cli import parse_sets
-
     sets = list(sets or [])
     out = Path(out) if out else Path("runs") / f"reproduce-{preset}"
     require_int(jobs, "jobs", 1)
@@ -237,7 +213,9 @@ def reproduce(preset: str = "small", seeds: int = 3, out: str | Path | None = No
     log(f"reproduce: {len(job_list)} runs ({', '.join(j.name for j in job_list)}) in {out}, "
         f"{jobs} at a time, {threads} thread(s) each; logs in {log_dir}")
     start = time.perf_counter()
-    trained = _pool(lambda j: train_job(j, preset, device, threads, sets, log_dir), job_list, jobs,
+    # Longest first (training steps x batch), so that the last job to finish is a short one.
+    by_cost = sorted(job_list, key=lambda j: -j.config.train.steps * j.config.train.batch_size)
+    trained = _pool(lambda j: train_job(j, preset, device, threads, sets, log_dir), by_cost, jobs,
                     lambda r: f"train {r['job']}: {'ok' if r['ok'] else 'FAILED'} in {r['seconds']:.0f} s "
                               f"(was {r['state_before']})", log)
     ok = {r["job"] for r in trained if r["ok"]}

@@ -10,7 +10,8 @@ threshold into ``holds`` / ``does not hold`` / ``inconclusive``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -23,7 +23,7 @@ beside the IoU of random edge sets of the same size.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import pandas as pd
 import torch

@@ -110,13 +110,32 @@ def lookup(values: Tensor, fit_values: Tensor, fit_acts: Tensor) -> Tensor:
     return means[values]
 
 
-def _heldout_r2(values: Tensor, acts: Tensor, halves: Tensor) -> Tensor:
-    """Held-out R^2 (K,) of the lookup, fit on each half and scored on the other, averaged."""
+def _split_stats(values: Tensor, acts: Tensor, sq: Tensor, halves: Tensor, n_groups: int):
+    """Per half of the examples: per-value sums of activations and of their squares, and counts."""
+    out = []
+    for half in (halves, ~halves):
+        v = values[half]
+        s1 = torch.zeros(n_groups, acts.shape[1], dtype=acts.dtype).index_add_(0, v, acts[half])
+        s2 = torch.zeros(n_groups, acts.shape[1], dtype=acts.dtype).index_add_(0, v, sq[half])
+        out.append((s1, s2, torch.bincount(v, minlength=n_groups).to(acts.dtype)))
+    return out
+
+
+def _heldout_r2(values: Tensor, acts: Tensor, halves: Tensor, sq: Tensor | None = None) -> Tensor:
+    """Held-out R^2 (K,) of the lookup, fit on each half and scored on the other, averaged.
+
+    Computed from per-value sums only: on the held-out half, the squared residual against the
+    fit half's value means ``m`` is ``sum_v (S2_v - 2 m_v S1_v + n_v m_v^2)``."""
+    sq = acts * acts if sq is None else sq
+    stats = _split_stats(values, acts, sq, halves, int(values.max()) + 1)
     scores = []
-    for fit, held in ((halves, ~halves), (~halves, halves)):
-        pred = lookup(values[held], values[fit], acts[fit])
-        resid = ((acts[held] - pred) ** 2).sum(0)
-        total = ((acts[held] - acts[held].mean(0)) ** 2).sum(0)
+    for fit, held in ((0, 1), (1, 0)):
+        s1f, _, nf = stats[fit]
+        s1h, s2h, nh = stats[held]
+        overall = s1f.sum(0) / nf.sum().clamp(min=1)
+        mean = torch.where(nf[:, None] > 0, s1f / nf.clamp(min=1)[:, None], overall)
+        resid = (s2h - 2 * mean * s1h + nh[:, None] * mean * mean).sum(0)
+        total = s2h.sum(0) - s1h.sum(0) ** 2 / nh.sum().clamp(min=1)
         scores.append(1 - resid / total.clamp(min=1e-12))
     return torch.stack(scores).mean(0)
 
@@ -221,8 +240,9 @@ def classify_neurons(table: NeuronTable, examples: Examples, *, threshold: float
     best_name = np.empty(shape, dtype=object)
     for pi, position in enumerate(table.positions):
         block = acts[:, :, pi].flatten(1)  # (n, L * d)
+        sq = block * block
         names = feats.at(position)
-        r2 = torch.stack([_heldout_r2(feats.values[n][1], block, halves) for n in names])
+        r2 = torch.stack([_heldout_r2(feats.values[n][1], block, halves, sq) for n in names])
         r2 = r2.where(block.var(0) >= 1e-10, torch.zeros(()))  # a flat neuron explains nothing
         best_r2[:, pi] = r2.max(0).values.view(shape[0], shape[2])
         best_name[:, pi] = np.array(names, dtype=object)[r2.argmax(0).numpy()].reshape(shape[0], shape[2])
@@ -295,14 +315,16 @@ class OutlierResult(Result):
         if not out.any():
             return {"share": None, "matched_share": None, "enrichment": None, "p_value": None}
         share, matched = matched_shares(out, heur, dec)
+        # Shuffle the outlier labels within deciles, all permutations at once: sorting by
+        # (decile, random key) lists each decile's items in random order, in the same decile
+        # blocks as sorting by decile alone.
         gen = torch.Generator().manual_seed(seed)
-        hits = 0
-        for _ in range(permutations):
-            perm = out.clone()
-            for d in range(10):
-                idx = (dec == d).nonzero().flatten()
-                perm[idx] = out[idx][torch.randperm(len(idx), generator=gen)]
-            hits += float(heur[perm].float().mean()) - matched >= share - matched
+        base = dec.argsort(stable=True)
+        keys = dec.double() * 2 + torch.rand(permutations, len(dec), generator=gen, dtype=torch.float64)
+        shuffled = torch.empty(permutations, len(dec), dtype=torch.bool)
+        shuffled[:, base] = out[keys.argsort(dim=1)]
+        perm_share = (shuffled & heur).sum(1) / shuffled.sum(1)
+        hits = int((perm_share >= share).sum())
         return {"share": share, "matched_share": matched, "enrichment": share - matched,
                 "p_value": (1 + hits) / (1 + permutations)}
 

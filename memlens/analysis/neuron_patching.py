@@ -131,22 +131,26 @@ def neuron_patching(model, examples: Examples, table: NeuronTable, outliers: Out
     forced = Examples(**{**vars(examples), "tokens": with_answer(examples, examples.true_labels)})
     forced_feats = candidate_features(forced, None, heur.heuristic_families)
 
-    def predicted(cols: Tensor, rows: Tensor, feature_set) -> Tensor:
-        out = torch.empty(len(rows), len(cols))
-        for j, col in enumerate(cols.tolist()):
-            values = feature_set.values[heur.best_feature[col]][1]
-            out[:, j] = lookup(values[rows], feats.values[heur.best_feature[col]][1][fit_rows],
-                               acts[fit_rows][:, col:col + 1].double())[:, 0].float()
+    def all_predictions(rows: Tensor, feature_set) -> Tensor:
+        """Every neuron-position's clean lookup prediction for ``rows``: one lookup per feature."""
+        out = torch.empty(len(rows), acts.shape[1])
+        fit_acts = acts[fit_rows].double()
+        for name in set(heur.best_feature):
+            cols = torch.tensor([k for k, f in enumerate(heur.best_feature) if f == name])
+            out[:, cols] = lookup(feature_set.values[name][1][rows], feats.values[name][1][fit_rows],
+                                  fit_acts[:, cols]).float()
         return out
+
+    settings = (("recall", groups["noisy"], examples, feats, "labels"),
+                ("true", groups["noisy"], forced, forced_feats, "true_labels"),
+                ("clean", groups["clean"], examples, feats, "labels"))
+    predictions = {key: all_predictions(rows, fs) for key, rows, _, fs, _ in settings}
 
     def measure(cols: Tensor | None) -> dict[str, Tensor]:
         neurons = [] if cols is None else [heur.coords(c) for c in cols.tolist()]
         out = {}
-        for key, rows, ex, fs, target in (
-                ("recall", groups["noisy"], examples, feats, "labels"),
-                ("true", groups["noisy"], forced, forced_feats, "true_labels"),
-                ("clean", groups["clean"], examples, feats, "labels")):
-            vals = None if cols is None else predicted(cols, rows, fs)
+        for key, rows, ex, fs, target in settings:
+            vals = None if cols is None else predictions[key][:, cols]
             logits = logits_with_neurons(model, ex[rows], neurons, vals)
             out[key] = _exact(logits, getattr(ex, target)[rows])
         return out

@@ -33,7 +33,7 @@ tokens themselves (the suffix runs start past the embedding), as the look-up tes
 from __future__ import annotations
 
 import itertools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from jaxtyping import Int

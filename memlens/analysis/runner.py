@@ -12,9 +12,10 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from memlens.analysis.common import AnalysisError, Result, ResultSet, to_jsonable
+from memlens.analysis.schemas import check as check_schema
 from memlens.analysis.selection import (
     clean_splits, group, neuron_examples, noisy_examples, subset, true_label_forced,
 )
@@ -195,6 +196,17 @@ class CircuitAnalysis(Result):
         return fig
 
 
+def run_fourier(run) -> Result:
+    """Periodic neurons (IPR over the Fourier basis of the cyclic inputs) and pruning the least
+    periodic ones, on every input of the task (training and test)."""
+    from memlens.analysis.fourier import fourier_neurons
+    from memlens.tasks.base import Examples
+
+    every = Examples.concat([run.dataset.train, run.dataset.test])
+    groups = {k: v for k, v in run.splits.items() if len(v)}
+    return fourier_neurons(run.model, every, groups, seed=run.config.seed)
+
+
 def run_circuits(run, n: int = 400) -> Result:
     """Circuits of the clean and of the noisy training examples, the top 10% of edges each.
 
@@ -244,12 +256,39 @@ ANALYSES: dict[str, Callable] = {
     "interventions": run_interventions,
     "encoding": run_encoding,
     "neurons": run_neurons,
+    "fourier": run_fourier,
     "circuits": run_circuits,
 }
+
+
+def applies(name: str, task) -> bool:
+    """Whether analysis ``name`` applies to ``task``: what it needs is declared by the task."""
+    from memlens.tasks.protocol import TaskBase
+
+    declared = lambda method: getattr(type(task), method) is not getattr(TaskBase, method)  # noqa: E731
+    if name == "probes":
+        return bool(task.entries(claim=3))
+    if name == "patching":
+        return bool(set(task.entries(kind="change")) & set(task.entries(kind="preserve")))
+    if name == "interventions":
+        return bool(task.entries(claim=4))
+    if name == "encoding":
+        return declared("input_slots")
+    if name == "neurons":
+        return declared("neuron_features")
+    if name == "fourier":
+        return hasattr(task, "cyclic_inputs")
+    return True
+
+
+def applicable(task) -> list[str]:
+    """The analyses that apply to ``task``, in dependency order."""
+    return [name for name in ANALYSES if applies(name, task)]
 def _renderers() -> dict[str, Callable]:
     from memlens.analysis.behaviour import BehaviourResult
     from memlens.analysis.dependence import render_dependence
     from memlens.analysis.encoding import EncodingResult
+    from memlens.analysis.fourier import FourierResult
     from memlens.analysis.interventions import render_interventions
     from memlens.analysis.logit_lens import LogitLensResult
     from memlens.analysis.neuron_study import NeuronStudyResult
@@ -258,7 +297,8 @@ def _renderers() -> dict[str, Callable]:
     return {"behaviour": BehaviourResult.render, "logit_lens": LogitLensResult.render,
             "probes": ProbeStudyResult.render, "patching": render_dependence,
             "interventions": render_interventions, "encoding": EncodingResult.render,
-            "neurons": NeuronStudyResult.render, "circuits": CircuitAnalysis.render}
+            "neurons": NeuronStudyResult.render, "fourier": FourierResult.render,
+            "circuits": CircuitAnalysis.render}
 
 
 RENDERERS: dict[str, Callable] = _renderers()
@@ -288,7 +328,8 @@ def parse_only(only: str | list[str] | tuple[str, ...] | None) -> list[str]:
 def analyze_run(run_dir: str | Path, only: str | list[str] | None = None,
                 log: Callable[[str], None] = print, device: str = "auto",
                 baseline: str | Path | None = None) -> dict:
-    """Run the named analyses (``only``: ``"a,b"`` or a list; default all, in dependency order)
+    """Run the named analyses (``only``: ``"a,b"`` or a list; default every one that applies to
+    the run's task, in dependency order)
     on a run directory; writes ``RUN/analysis/<name>.json`` each. ``baseline``: the paired
     noise-free run directory (``behaviour`` compares test accuracy and leaks with it).
     ``device``: where the model runs (``auto``: CUDA when present).
@@ -301,6 +342,13 @@ def analyze_run(run_dir: str | Path, only: str | list[str] | None = None,
     if baseline is not None and not Path(baseline).is_dir():
         raise AnalysisError(f"baseline {baseline} is not a directory")
     run = load_run(run_dir, device=resolve_device(device))
+    if only is None:  # all: those that apply; an analysis asked for by name must apply
+        names = [n for n in names if applies(n, run.task)]
+    else:
+        skipped = [n for n in names if not applies(n, run.task)]
+        if skipped:
+            raise AnalysisError(f"{', '.join(skipped)} do(es) not apply to the {run.task.name} task "
+                                f"(it declares nothing for them); applicable: {applicable(run.task)}")
     out_dir = Path(run_dir) / ANALYSIS_DIR
     written = {}
     for name in names:
@@ -308,12 +356,13 @@ def analyze_run(run_dir: str | Path, only: str | list[str] | None = None,
         driver = ANALYSES[name]
         kwargs = {"baseline": baseline} if "baseline" in inspect.signature(driver).parameters else {}
         result = driver(run, **kwargs)
-        data = result.to_json()
+        data = to_jsonable(result.to_json())
+        check_schema(name, data["summary"])  # a renamed key fails here, not as "not measured"
         data["seconds"] = round(time.perf_counter() - start, 2)
         data["run"] = str(run_dir)
         if kwargs.get("baseline") is not None:
             data["baseline"] = str(baseline)
-        atomic_write_json(out_dir / f"{name}.json", to_jsonable(data))
+        atomic_write_json(out_dir / f"{name}.json", data)
         written[name] = out_dir / f"{name}.json"
         log(f"{name}: {data['seconds']} s -> {written[name]}")
     return written

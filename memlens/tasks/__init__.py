@@ -26,15 +26,63 @@ TASKS: dict[str, tuple[type, type]] = {"fda": (FDAConfig, FDATask), "thr": (THRC
 Task = TaskBase
 
 
-def register_task(name: str, config_cls: type, task_cls: type) -> None:
+def register_task(name: str, config_cls: type, task_cls: type, presets: dict | None = None) -> None:
     """Make a task available by name to ``make_task``, run directories and the command line.
 
     ``config_cls`` is a frozen dataclass that validates itself; ``task_cls(config)`` follows
-    :class:`~memlens.tasks.protocol.TaskBase`. Registering a name again replaces it.
+    :class:`~memlens.tasks.protocol.TaskBase`; ``presets`` maps a preset name (``tiny``,
+    ``small``, ...) to a :class:`~memlens.presets.Preset`. Registering a name again replaces it.
+    For the command line, list the module that registers it in ``MEMLENS_TASK_MODULES``.
     """
-    if not issubclass(task_cls, TaskBase):
-        raise TypeError(f"{task_cls.__name__} must derive from memlens.tasks.TaskBase")
+    if not (isinstance(task_cls, type) and issubclass(task_cls, TaskBase)):
+        raise TypeError(f"{task_cls!r} must be a class deriving from memlens.tasks.TaskBase")
     TASKS[name] = (config_cls, task_cls)
+    if presets:
+        from memlens.presets import register_presets
+
+        register_presets(name, presets)
+
+
+TASK_MODULES_ENV = "MEMLENS_TASK_MODULES"
+
+
+def load_task_modules() -> list[str]:
+    """Import the modules named in ``MEMLENS_TASK_MODULES`` (comma-separated module names or
+    ``.py`` paths), which register tasks; returns what was imported. A module that cannot be
+    found is an error naming it."""
+    import importlib
+    import importlib.util
+    import os
+    import sys
+
+    loaded = []
+    for item in filter(None, (x.strip() for x in os.environ.get(TASK_MODULES_ENV, "").split(","))):
+        if item.endswith(".py"):
+            name = os.path.splitext(os.path.basename(item))[0]
+            if name in sys.modules:
+                loaded.append(name)
+                continue
+            spec = importlib.util.spec_from_file_location(name, item)
+            if spec is None or not os.path.exists(item):
+                raise ConfigError(f"{TASK_MODULES_ENV}: {item!r} is not a file")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        else:
+            try:
+                importlib.import_module(item)
+            except ImportError as err:
+                raise ConfigError(f"{TASK_MODULES_ENV}: cannot import {item!r} ({err})") from None
+        loaded.append(item)
+    return loaded
+
+
+def _known(name: str) -> None:
+    if name not in TASKS:
+        load_task_modules()
+    if name not in TASKS:
+        raise ConfigError(f"task={name!r} is invalid: expected one of {sorted(TASKS)} (a task of "
+                          f"your own: register it, or name its module in {TASK_MODULES_ENV})")
 
 
 def task_config(name: str, preset: str | None = None, **overrides: Any) -> FDAConfig | THRConfig:
@@ -43,8 +91,7 @@ def task_config(name: str, preset: str | None = None, **overrides: Any) -> FDACo
     >>> task_config("thr", preset="tiny", phi=2.0).phi
     2.0
     """
-    if name not in TASKS:
-        raise ConfigError(f"task={name!r} is invalid: expected one of {sorted(TASKS)}")
+    _known(name)
     config_cls = TASKS[name][0]
     if preset is None:
         base = {}
@@ -68,8 +115,7 @@ def make_task(name: str, preset: str | None = None, **overrides: Any) -> Task:
 
 def task_from_config(name: str, config: dict[str, Any]) -> Task:
     """Rebuild a task from the dict stored in a run's ``config.json``."""
-    if name not in TASKS:
-        raise ConfigError(f"task={name!r} is invalid: expected one of {sorted(TASKS)}")
+    _known(name)
     config_cls, task_cls = TASKS[name]
     from memlens.config import from_dict
 
@@ -81,7 +127,7 @@ __all__ = [
     "FDATask", "Intermediate", "MatchedPairs", "MemlensTokenizer", "ModAddConfig", "ModAddTask",
     "Neighbours", "THRConfig",
     "THRTask", "Task", "TaskBase", "TaskError", "dataset_for", "make_task", "register_task",
-    "task_config", "task_from_config", "task_for",
+    "task_config", "task_from_config", "task_for", "load_task_modules",
 ]
 
 

@@ -57,6 +57,39 @@ def versions() -> dict[str, str]:
     }
 
 
+HEADER_KEYS = ("task", "task_config", "model", "train", "seed")
+
+
+def read_header(run_dir: str | os.PathLike) -> dict:
+    """``RUN/config.json``, checked: readable JSON with a ``run`` section that has
+    ``HEADER_KEYS``. Every problem is a :class:`RunDirError` naming the file."""
+    path = Path(run_dir) / CONFIG
+    if not path.exists():
+        raise RunDirError(f"{run_dir} is not a memlens run directory (no {CONFIG})")
+    try:
+        header = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunDirError(f"{path} is corrupted ({err})") from None
+    run = header.get("run") if isinstance(header, dict) else None
+    missing = [k for k in HEADER_KEYS if not isinstance(run, dict) or k not in run]
+    if missing:
+        raise RunDirError(f"{path} lacks {'its run section' if run is None else ', '.join(missing)}: "
+                          "not a config written by `memlens train`")
+    return header
+
+
+def read_summary(run_dir: str | os.PathLike) -> dict:
+    """``RUN/summary.json`` (written when training finished); ``{}`` if absent, a
+    :class:`RunDirError` naming the file if unreadable."""
+    path = Path(run_dir) / SUMMARY
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunDirError(f"{path} is corrupted ({err}); rerun `memlens train ... --resume`") from None
+
+
 def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> bool:
     """Check ``run_dir`` before any work; returns True when an existing run is to be continued.
 
@@ -72,9 +105,9 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> bool:
         raise RunDirError(f"{run_dir} is not empty and is not a memlens run directory "
                           f"(no {CONFIG}); choose another --out")
     try:
-        stored = json.loads(config_file.read_text())["run"]
-    except (json.JSONDecodeError, KeyError) as err:
-        raise RunDirError(f"{config_file} is corrupted ({err}); choose another --out") from None
+        stored = read_header(run_dir)["run"]
+    except RunDirError as err:
+        raise RunDirError(f"{err}; choose another --out") from None
     try:
         stored_experiment = RunConfig.from_dict(stored).experiment_dict()
     except ConfigError as err:
@@ -162,9 +195,21 @@ class Run:
         weights = _weights_path(self.path, checkpoint)
         if not weights.exists():
             raise RunDirError(f"{self.path} has no {checkpoint} checkpoint ({weights.name})")
-        model = build_model(self.config.model, self.task, seed=self.config.seed, device="cpu")
-        load_weights(weights, model, fingerprint=self.config.fingerprint())
+        model = _model_from(weights, self.config, self.task)
         return backend.to_device(model, next(self.model.parameters()).device).eval()
+
+
+def _model_from(weights: Path, config: RunConfig, task):
+    """A model of ``config`` with ``weights`` loaded; an unreadable file is a RunDirError."""
+    from memlens.models import build_model
+    from memlens.training.checkpoint import CheckpointError, load_weights
+
+    model = build_model(config.model, task, seed=config.seed, device="cpu")
+    try:
+        load_weights(weights, model, fingerprint=config.fingerprint())
+    except CheckpointError as err:
+        raise RunDirError(str(err)) from None
+    return model
 
 
 def _weights_path(run_dir: Path, checkpoint: str | int) -> Path:
@@ -206,11 +251,11 @@ def load_run(path: str | os.PathLike, checkpoint: str | int = "final", device: s
     if missing:
         hint = " (training has not finished: pass --resume to continue it)" if FINAL in missing else ""
         raise RunDirError(f"{run_dir} is missing {', '.join(missing)}{hint}")
+    header = read_header(run_dir)
     try:
-        header = json.loads((run_dir / CONFIG).read_text())
         config = RunConfig.from_dict(header["run"])
-    except (json.JSONDecodeError, KeyError) as err:
-        raise RunDirError(f"{run_dir / CONFIG} is corrupted: {err}") from None
+    except ConfigError as err:
+        raise RunDirError(f"{run_dir / CONFIG} holds an invalid run config ({err})") from None
     task = task_from_config(config.task, config.task_config)
     dataset = task.generate(config.seed)
     if dataset.content_hash != header.get("dataset_hash"):
@@ -219,9 +264,8 @@ def load_run(path: str | os.PathLike, checkpoint: str | int = "final", device: s
     tokenizer = MemlensTokenizer.load(run_dir / TOKENIZER)
     if tokenizer.vocab != task.tokenizer.vocab:
         raise RunDirError(f"{run_dir / TOKENIZER} does not match the task's vocabulary")
-    model = build_model(config.model, task, seed=config.seed, device="cpu")
-    load_weights(weights, model, fingerprint=config.fingerprint())
+    model = _model_from(weights, config, task)
     backend.to_device(model, device).eval()
-    summary = json.loads((run_dir / SUMMARY).read_text()) if (run_dir / SUMMARY).exists() else {}
+    summary = read_summary(run_dir)
     return Run(path=run_dir, config=config, task=task, tokenizer=tokenizer, model=model,
                dataset=dataset, metrics=pd.DataFrame(read_metrics(run_dir)), summary=summary)
