@@ -40,12 +40,27 @@ def figure_dir() -> Path:
 
 
 def analysis_figure(run_dir: Path, name: str, title: str) -> dict:
-    """Load ``RUN/analysis/<name>.json``, save its figure (``memlens.viz.figures.<name>``) as
+    """Load ``RUN/analysis/<name>.json``, save its figure (the analysis' own renderer) as
     ``<figure_dir>/<name>-<run>.html`` (underscores as hyphens), and return the loaded data."""
     from memlens.analysis.runner import load_analysis
     from memlens.viz import figures
 
     data = load_analysis(run_dir, name)
-    figure = getattr(figures, name)(data, title=f"{title}, {run_dir.name}")
+    figure = figures.analysis_figure(name, data)
+    figure.update_layout(title=f"{title}, {run_dir.name}: {figure.layout.title.text or ''}")
     figures.save(figure, figure_dir() / f"{name.replace('_', '-')}-{run_dir.name}", png=False)
     return data
+
+
+def parts_table(claims: list[int]):
+    """The scorecard rows of ``claims`` over the runs given (seeds of a task together) as a
+    DataFrame: part, task, role, per-seed values, mean, interval, threshold, control, verdict."""
+    import pandas as pd
+
+    from memlens.claims import score_run_dirs
+
+    rows = score_run_dirs(run_dirs(), only=claims)
+    table = pd.DataFrame(rows)
+    table["part"] = table["claim"].astype(str) + table["part"]
+    return table[["part", "task", "role", "per_seed", "mean", "ci95", "direction", "threshold",
+                  "control", "reference", "verdict"]]

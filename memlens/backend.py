@@ -38,6 +38,13 @@ TL_VERSION: str = version("transformer-lens")
 BACKEND: str = "bridge" if int(TL_VERSION.split(".")[0]) >= 4 else "hooked"
 MODEL_CLASS: str = "TransformerBridge" if BACKEND == "bridge" else "HookedTransformer"
 
+if BACKEND == "hooked":
+    from transformer_lens import HookedTransformer as Model
+else:
+    from transformer_lens import TransformerBridge as Model
+# ``Model``: the class of memlens models on this TransformerLens, for annotations
+# (``model: Model``), which the test suite checks at run time.
+
 
 class BackendError(RuntimeError):
     """A model or checkpoint that the installed TransformerLens cannot serve as asked."""

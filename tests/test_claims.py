@@ -1,20 +1,24 @@
 """The scorecard's machinery: intervals, three verdicts, the reference rule, claim verdicts, and
 claim 1-2 statistics on curves whose answer is known."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from memlens.claims import (
-    PARTS, NotMeasured, Part, claim_verdicts, crossing, lag_fraction, leak_rate, parse_claims,
+    PARTS, NotMeasured, Part, RunData, claim_verdicts, crossing, lag_fraction, leak_rate, parse_claims,
     score_part, to_markdown, true_label_first, worst_phase_difference,
 )
 from memlens.config import ConfigError
 from memlens.stats import hierarchical_bootstrap, resample, verdict
 
 
-class FakeRun:
+class FakeRun(RunData):
+    """A run whose part data is given directly."""
+
     def __init__(self, name, data):
-        self.path = type("P", (), {"name": name})()
+        super().__init__(Path(name))
         self.data = data
 
 

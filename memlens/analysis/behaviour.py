@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from memlens.backend import Model
 from memlens.analysis.common import AnalysisError, Result, check_examples, model_device
 from memlens.tasks.base import Examples
 from memlens.tasks.protocol import Neighbours
@@ -27,7 +28,7 @@ from memlens.training.metrics import with_answer
 
 
 @torch.no_grad()
-def answered(model, examples: Examples, answer: Tensor | None = None, batch: int = 4096) -> Tensor:
+def answered(model: Model, examples: Examples, answer: Tensor | None = None, batch: int = 4096) -> Tensor:
     """Per example: 1 when the model's teacher-forced argmax equals ``answer`` (default: the
     examples' labels) at every answer slot, with ``answer`` teacher-forced."""
     answer = examples.labels if answer is None else answer
@@ -81,7 +82,7 @@ class BehaviourResult(Result):
                             "baseline")
 
 
-def behaviour(model, noisy: Examples, test: Examples, neighbours: Neighbours | None = None, *,
+def behaviour(model: Model, noisy: Examples, test: Examples, neighbours: Neighbours | None = None, *,
               baseline=None) -> BehaviourResult:
     """Per-example recall of noisy labels, test accuracy and neighbour leaks (module docstring).
 

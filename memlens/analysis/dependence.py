@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from memlens.backend import Model
 from memlens.analysis.common import AnalysisError, Result, check_examples, model_device
 from memlens.analysis.counterfactuals import matched_counterfactuals
 from memlens.analysis.patching import patch_grid
@@ -192,7 +193,7 @@ def _choose_site(score: Tensor, layers: list[int], positions: list[int], edited:
     return {"layer": layers[li], "position": positions[pi], "score": float(score[li, pi])}
 
 
-def intermediate_dependence(model, noisy: Examples, variable: str, column: int | None = None, *,
+def intermediate_dependence(model: Model, noisy: Examples, variable: str, column: int | None = None, *,
                             clean_select: Examples | None = None,
                             clean_heldout: Examples | None = None, seed: int = 0,
                             site: dict | None = None, method: str = "suffix",

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from memlens.backend import Model
 from memlens.analysis.common import AnalysisError, Result, check_examples, model_device
 from memlens.tasks import task_for
 from memlens.tasks.base import Examples
@@ -35,7 +36,7 @@ def input_slots(examples: Examples) -> tuple[dict[str, tuple[list[int], list[int
 
 
 @torch.no_grad()
-def label_logprob(model, tokens: Tensor, answer_pos: Tensor, labels: Tensor, batch: int = 4096) -> Tensor:
+def label_logprob(model: Model, tokens: Tensor, answer_pos: Tensor, labels: Tensor, batch: int = 4096) -> Tensor:
     """Summed log-probability of ``labels`` at the answer positions, per example."""
     out = []
     device = model_device(model)
@@ -124,7 +125,7 @@ class EncodingResult(Result):
         return fig
 
 
-def encoding(model, examples: Examples, *, resamples: int = 4, seed: int = 0) -> EncodingResult:
+def encoding(model: Model, examples: Examples, *, resamples: int = 4, seed: int = 0) -> EncodingResult:
     """Attribute the recall of each example's trained label to its inputs and input groups.
 
     >>> from memlens.tasks import make_task

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from memlens.backend import Model
 from memlens.analysis.common import AnalysisError, Result, check_examples, check_layers, model_device
 from memlens.analysis.neurons import neuron_table
 from memlens.tasks.base import Examples
@@ -149,7 +150,7 @@ class FourierResult(Result):
         return fig
 
 
-def fourier_neurons(model, examples: Examples, groups: dict[str, Examples], *,
+def fourier_neurons(model: Model, examples: Examples, groups: dict[str, Examples], *,
                     layer: int | None = None, shares: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3),
                     random_draws: int = 5, seed: int = 0) -> FourierResult:
     """IPR of every MLP neuron of ``layer`` (default the last) at the first answer-predicting

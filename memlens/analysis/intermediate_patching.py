@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from memlens.backend import Model
 from memlens.analysis.common import AnalysisError, Result, check_examples
 from memlens.analysis.counterfactuals import make_counterfactuals
 from memlens.analysis.patching import HOOKS, patch_grid
@@ -90,7 +91,7 @@ class PatchIntermediateResult(Result):
         return fig
 
 
-def patch_intermediate(model, examples: Examples, variable: str, *, column: int | None = None,
+def patch_intermediate(model: Model, examples: Examples, variable: str, *, column: int | None = None,
                        layers: list[int] | None = None, positions: list[int] | None = None,
                        hook: str = "resid_pre", kind: str = "change", seed: int = 0,
                        on_invalid: str = "skip", chunk_size: int = 4096) -> PatchIntermediateResult:

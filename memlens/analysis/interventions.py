@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from memlens.backend import Model
 from memlens.analysis.common import AnalysisError, Result, cached_activations, check_examples
 from memlens.analysis.probes import fit_softmax_probes, predict_probes, probe_targets
 from memlens.tasks.base import Examples
@@ -34,7 +35,7 @@ def _resid_hook(layer: int, point: str) -> str:
     return f"blocks.{layer}.hook_resid_{point}"
 
 
-def inlp_basis(model, fit: Examples, variable: str, *, layer: int, point: str = "pre",
+def inlp_basis(model: Model, fit: Examples, variable: str, *, layer: int, point: str = "pre",
                position: int, column: int | None = None, iterations: int = 3,
                rank_per_iteration: int = 8, max_iter: int = 100, target_accuracy: float | None = None,
                shuffle_seed: int | None = None) -> tuple[Tensor, list[float]]:
@@ -167,7 +168,7 @@ def render_interventions(data: dict):
 METRIC = {"train_noisy": "noisy_memorized_acc", "train_clean": "train_clean_acc", "test": "test_acc"}
 
 
-def intervene(model, groups: dict[str, Examples], fit: Examples, variable: str, *, layer: int,
+def intervene(model: Model, groups: dict[str, Examples], fit: Examples, variable: str, *, layer: int,
               position: int, column: int | None = None, point: str = "pre",
               max_iterations: int = 20, rank_per_iteration: int = 8, tolerance: float = 0.05,
               random_draws: int = 20, seed: int = 0) -> InterventionResult:

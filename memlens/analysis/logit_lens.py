@@ -19,13 +19,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from memlens.backend import Model
 from memlens.analysis.common import (
     Result, check_groups, chunks, model_device, resid_point_names,
 )
 from memlens.tasks.base import Examples
 
 
-def decode_resid(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+def decode_resid(model: Model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
     """Logits the model would output if ``resid`` were its final residual stream."""
     return model.unembed(model.ln_final(resid))
 
@@ -166,7 +167,7 @@ class LogitLensResult(Result):
 
 
 @torch.no_grad()
-def logit_lens(model, groups: dict[str, Examples] | Examples, *, with_mid: bool = True,
+def logit_lens(model: Model, groups: dict[str, Examples] | Examples, *, with_mid: bool = True,
                chunk_size: int = 1024, answer_columns: list[int] | None = None) -> LogitLensResult:
     """Logit lens over every residual point at the answer-predicting positions.
 

@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from memlens.backend import Model
 from memlens.analysis.common import AnalysisError, Result, model_device
 from memlens.analysis.heuristics import HeuristicResult, OutlierResult, candidate_features, lookup
 from memlens.analysis.neurons import NeuronTable
@@ -27,7 +28,7 @@ Neuron = tuple[int, int, int]  # (layer, position, neuron)
 
 
 @torch.no_grad()
-def logits_with_neurons(model, examples: Examples, neurons: list[Neuron],
+def logits_with_neurons(model: Model, examples: Examples, neurons: list[Neuron],
                         values: Float[Tensor, "n m"] | None, batch_size: int = 1024
                         ) -> Float[Tensor, "n answer_len vocab"]:
     """Answer logits of ``examples`` with ``neurons`` (``mlp.hook_post``) set to ``values``
@@ -109,7 +110,7 @@ class NeuronPatchingResult(Result):
                       title="Neurons set to their clean prediction (noisy: held-out half)")
 
 
-def neuron_patching(model, examples: Examples, table: NeuronTable, outliers: OutlierResult, *,
+def neuron_patching(model: Model, examples: Examples, table: NeuronTable, outliers: OutlierResult, *,
                     control_draws: int = 10, random_draws: int = 3, seed: int = 0) -> NeuronPatchingResult:
     """Set the outliers (chosen on the noisy selection half) to their clean lookup predictions
     on the noisy *evaluation* half and on held-out clean examples; beside it, as many non-outlier

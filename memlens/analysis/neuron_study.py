@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from memlens.backend import Model
 from memlens.analysis.common import Result, check_examples
 from memlens.analysis.heuristics import OutlierResult, classify_neurons, score_outliers
 from memlens.analysis.neuron_patching import NeuronPatchingResult, neuron_patching
@@ -82,7 +83,7 @@ def _outliers(model, examples: Examples, layer: int, seed: int) -> tuple:
     return table, score_outliers(table, examples, heuristics, seed=seed)
 
 
-def neuron_study(model, examples: Examples, *, null_model=None, null_note: str | None = None,
+def neuron_study(model: Model, examples: Examples, *, null_model=None, null_note: str | None = None,
                  seed: int = 0, control_draws: int = 10) -> NeuronStudyResult:
     """Heuristics, outliers, the null and the reset experiment on the last layer's neurons at
     the answer-predicting positions. ``examples`` mixes clean and noisy training examples.

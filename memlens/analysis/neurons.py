@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from memlens.backend import Model
 from memlens.analysis.common import (
     AnalysisError, Result, check_examples, check_layers, check_positions, chunks, model_device,
 )
@@ -85,7 +86,7 @@ class NeuronTable(Result):
 
 
 @torch.no_grad()
-def neuron_table(model, examples: Examples, *, layers: list[int] | None = None,
+def neuron_table(model: Model, examples: Examples, *, layers: list[int] | None = None,
                  positions: list[int] | None = None, chunk_size: int = 1024) -> NeuronTable:
     """MLP activations (``mlp.hook_post``) of ``examples`` at ``layers`` x ``positions``.
 

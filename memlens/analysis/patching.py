@@ -40,6 +40,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from memlens import backend
+from memlens.backend import Model
 from memlens.analysis.common import AnalysisError, check_layers, check_positions, model_device
 
 # hook kind -> (hook name template, component axis name or None)
@@ -85,7 +86,7 @@ def check_grid(model, kind: str, layers, positions, components, n_pos: int):
     return layers, positions, components
 
 
-def patch_grid(model, source: Int[Tensor, "n pos"], target: Int[Tensor, "n pos"],
+def patch_grid(model: Model, source: Int[Tensor, "n pos"], target: Int[Tensor, "n pos"],
                metric: Callable[[Tensor], Tensor], *, hook: str = "resid_pre",
                layers: list[int] | None = None, positions: list[int] | None = None,
                components: list[int] | None = None, chunk_size: int = 4096,
@@ -314,7 +315,7 @@ def _row_patch(chunk: Tensor, components: list, src: Tensor):
 
 
 @torch.no_grad()
-def run_with_patch(model, source: Int[Tensor, "n pos"], target: Int[Tensor, "n pos"], *,
+def run_with_patch(model: Model, source: Int[Tensor, "n pos"], target: Int[Tensor, "n pos"], *,
                    hook: str = "resid_pre", layer: int = 0, positions: list[int] | None = None) -> Tensor:
     """The target run's logits with the source activation patched at one layer, at ``positions``
     (all positions by default). Patching the whole residual at a layer reproduces the source run.

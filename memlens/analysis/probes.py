@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from memlens.backend import Model
 from memlens.analysis.common import (
     AnalysisError, Result, analysis_subset, cached_activations, check_examples, check_positions,
     model_device,
@@ -198,7 +199,7 @@ def probe_points(n_layers: int) -> list[tuple[str, str]]:
     return points + [(f"L{n_layers - 1}.post", f"blocks.{n_layers - 1}.hook_resid_post")]
 
 
-def probe_features(model, examples: Examples, positions: list[int], chunk_size: int = 1024) -> Tensor:
+def probe_features(model: Model, examples: Examples, positions: list[int], chunk_size: int = 1024) -> Tensor:
     """Residual activations ``(n, points * positions, d_model)`` at every probe point (outer)
     and position (inner), on the model's device."""
     hooks = [h for _, h in probe_points(model.cfg.n_layers)]
@@ -206,7 +207,7 @@ def probe_features(model, examples: Examples, positions: list[int], chunk_size: 
     return torch.stack([acts[h] for h in hooks], 1).flatten(1, 2).float().to(model_device(model))
 
 
-def fit_probes(model, fit: Examples, evaluate: dict[str, Examples], variables: list[str] | str,
+def fit_probes(model: Model, fit: Examples, evaluate: dict[str, Examples], variables: list[str] | str,
                *, positions: list[int] | None = None, l2: float = 1.0, max_iter: int = 100,
                controls: bool = True, seed: int = 0, chunk_size: int = 1024,
                site_limits: dict[str, int] | None = None) -> ProbeResult:
@@ -325,7 +326,7 @@ def _probe_accuracy(x: Tensor, y: Tensor, weight: Tensor, bias: Tensor, n_classe
     return predict_probes(x, weight, bias, n_classes) == y[:, None]
 
 
-def probe_study(model, groups: dict[str, Examples], entries: list[tuple[str, int | None]],
+def probe_study(model: Model, groups: dict[str, Examples], entries: list[tuple[str, int | None]],
                 eligible: dict[str, list[int]], *, allowed_points: list[str] | None = None,
                 takeover_point: str | None = None, control_model=None, seed: int = 0, max_iter: int = 100,
                 chunk_size: int = 1024) -> ProbeStudyResult:

@@ -11,11 +11,26 @@ from memlens.training.run import read_metrics
 from memlens.viz import figures
 
 
-@pytest.mark.parametrize("name", ["logit_lens", "probes", "patching", "encoding", "neurons", "circuits"])
-def test_each_analysis_figure_has_data(tiny_run, name):
-    fig = getattr(figures, name)(load_analysis(tiny_run, name))
-    assert fig.data and all(len(getattr(t, "z", None) if getattr(t, "z", None) is not None else t.y) > 0
-                            for t in fig.data)
+@pytest.mark.parametrize("name", ["behaviour", "logit_lens", "probes", "patching", "interventions",
+                                  "encoding", "neurons", "circuits"])
+def test_each_analysis_figure_has_data_and_is_the_results_own(tiny_run, name):
+    data = load_analysis(tiny_run, name)
+    fig = figures.analysis_figure(name, data)
+    assert fig.data and all(len(getattr(t, "z", None) if getattr(t, "z", None) is not None else
+                                (t.y if t.y is not None else t.x)) > 0 for t in fig.data)
+    # one renderer per analysis: the report's figure is the result class' own render
+    from memlens.analysis.runner import RENDERERS
+
+    assert fig.to_json() == RENDERERS[name](data).to_json()
+
+
+def test_a_result_figure_equals_the_figure_of_its_json(fda_tiny):
+    from memlens.analysis import behaviour
+
+    task, model, data = fda_tiny
+    s = data.splits
+    res = behaviour(model, s["train_noisy"], s["test"][:50])
+    assert res.figure().to_json() == figures.analysis_figure("behaviour", res.to_json()).to_json()
 
 
 def test_dynamics_marks_the_phases(tiny_run):
@@ -26,7 +41,7 @@ def test_dynamics_marks_the_phases(tiny_run):
 
 
 def test_save_writes_self_contained_html(tiny_run, tmp_path):
-    fig = figures.encoding(load_analysis(tiny_run, "encoding"))
+    fig = figures.analysis_figure("encoding", load_analysis(tiny_run, "encoding"))
     (html,) = figures.save(fig, tmp_path / "enc", png=False)
     text = html.read_text()
     assert html.name == "enc.html" and len(text) > 1_000_000  # plotly.js inlined
@@ -35,7 +50,7 @@ def test_save_writes_self_contained_html(tiny_run, tmp_path):
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="kaleido needs Chromium (.ci/run installs it)")
 def test_save_writes_png(tiny_run, tmp_path):
-    fig = figures.logit_lens(load_analysis(tiny_run, "logit_lens"))
+    fig = figures.analysis_figure("logit_lens", load_analysis(tiny_run, "logit_lens"))
     html, png = figures.save(fig, tmp_path / "lens")
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
