@@ -1,9 +1,10 @@
 """Edge graphs, edge attribution (EAP, EAP-IG), exact circuit patching and circuit growth.
 
 Nodes write into the residual stream (``embed``: token + position embeddings; each head
-``L{l}.H{h}``: ``attn.hook_result``; each MLP ``L{l}.mlp``: ``hook_mlp_out``) or read from it
-(each head through its query, key and value inputs, ``hook_{q,k,v}_input``, one reader per head;
-each MLP's input, ``hook_mlp_in``; the unembedding, ``logits``, reading the final residual). An
+``L{l}.H{h}``: its ``hook_z`` times its ``W_O``; each MLP ``L{l}.mlp``: ``hook_mlp_out``) or
+read from it (each head through its query, key and value inputs, one shared input per head,
+``hook_attn_in``; each MLP's input, ``hook_mlp_in``; the unembedding, ``logits``, reading the
+final residual). An
 edge joins a writer to a later reader: summed over positions, or one edge per position
 (:class:`EdgeIndex`), where the writer's output at position ``p`` is read by the reader's input
 at position ``p``.
@@ -14,7 +15,7 @@ of the metric when the reader receives the writer's corrupted output instead of 
 gradient at the clean input by its mean over ``steps`` points on the straight line from the
 corrupted to the clean input embeddings, ``alpha = 1/steps, 2/steps, ..., 1``, so one step is
 EAP. TransformerLens 3.9 has neither, so both are implemented here on its hooks
-(``use_split_qkv_input``, ``use_attn_result``, ``use_hook_mlp_in``, restored afterwards).
+(``use_attn_in``, ``use_hook_mlp_in``, restored afterwards).
 
 Exact patching (:func:`patched_logits`): every removed edge feeds its reader the writer's
 corrupted output, all kept edges the output of the patched run itself; all edges kept is the
@@ -141,6 +142,12 @@ class EdgeIndex:
         reader_node = np.array([names.index(self.graph.readers[r]) for r in pairs[:, 1]])
         return np.repeat(pairs[:, 0], self.n_slots), np.repeat(reader_node, self.n_slots)
 
+    def edge_reader_layer(self) -> np.ndarray:
+        """Per edge: the layer of its reader (``n_layers`` for the logits)."""
+        layers = [int(name[1:].split(".")[0]) for name in self.graph.readers[:-1]]  # "L{l}.H{h}", "L{l}.mlp"
+        layers.append(max(layers, default=-1) + 1)  # the logits
+        return np.repeat([layers[r] for r in self.pairs[:, 1].tolist()], self.n_slots)
+
     def label(self, e: int) -> tuple[str, str, int | None]:
         """(writer, reader, position or None when summed) of edge ``e``."""
         w, r = self.pairs[e // self.n_slots].tolist()
@@ -177,29 +184,45 @@ class EdgeIndex:
 
 
 @contextlib.contextmanager
-def _split_hooks(model):
-    """Per-head q/k/v inputs, per-head results and a separate MLP input, restored afterwards."""
-    old = (model.cfg.use_split_qkv_input, model.cfg.use_attn_result, model.cfg.use_hook_mlp_in)
-    model.set_use_split_qkv_input(True)
-    model.set_use_attn_result(True)
+def _head_input_hooks(model):
+    """One input per head, shared by its query, key and value (``hook_attn_in``: our reader
+    is the head), and a separate MLP input (``hook_mlp_in``); the flags are restored afterwards.
+    (``use_split_qkv_input`` would triple the per-head layer norms and ``use_attn_result``
+    materializes a (batch, pos, head, d_head, d_model) product: both several times slower.)"""
+    old = (model.cfg.use_attn_in, model.cfg.use_split_qkv_input, model.cfg.use_hook_mlp_in)
+    model.set_use_split_qkv_input(False)
+    model.set_use_attn_in(True)
     model.set_use_hook_mlp_in(True)
     try:
         yield
     finally:
-        model.set_use_split_qkv_input(old[0])
-        model.set_use_attn_result(old[1])
+        model.set_use_attn_in(old[0])
+        model.set_use_split_qkv_input(old[1])
         model.set_use_hook_mlp_in(old[2])
 
 
 def _writer_hooks(model) -> list[str]:
     names = ["hook_embed", "hook_pos_embed"]
     for layer in range(model.cfg.n_layers):
-        names += [f"blocks.{layer}.attn.hook_result", f"blocks.{layer}.hook_mlp_out"]
+        names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"]
     return names
 
 
-def _final_hook(model) -> str:
-    return f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+def _reader_hooks(model) -> list[str]:
+    """Reader inputs in Graph order of their groups: heads of layer 0, MLP 0, ..., the logits."""
+    names = []
+    for layer in range(model.cfg.n_layers):
+        names += [f"blocks.{layer}.hook_attn_in", f"blocks.{layer}.hook_mlp_in"]
+    return names + [f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
+
+
+def _writer_group(model, name: str, act: Tensor) -> Tensor:
+    """A writer hook's activation as (batch, pos, writers, d_model): a head's output is its
+    ``z`` times its ``W_O`` (TransformerLens' ``hook_result``, without ``b_O``)."""
+    if name.endswith("attn.hook_z"):
+        layer = int(name.split(".")[1])
+        return torch.einsum("bphe,hed->bphd", act, model.blocks[layer].attn.W_O)
+    return act[:, :, None]
 
 
 def _partial_writers(current: dict[str, Tensor], model) -> Tensor:
@@ -207,12 +230,10 @@ def _partial_writers(current: dict[str, Tensor], model) -> Tensor:
     in Graph order: (batch, pos, n_writers_so_far, d_model)."""
     parts = [(current["hook_embed"] + current["hook_pos_embed"])[:, :, None]]
     for layer in range(model.cfg.n_layers):
-        if f"blocks.{layer}.attn.hook_result" not in current:
-            break
-        parts.append(current[f"blocks.{layer}.attn.hook_result"])
-        if f"blocks.{layer}.hook_mlp_out" not in current:
-            break
-        parts.append(current[f"blocks.{layer}.hook_mlp_out"][:, :, None])
+        for name in (f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"):
+            if name not in current:
+                return torch.cat(parts, 2)
+            parts.append(_writer_group(model, name, current[name]))
     return torch.cat(parts, 2)
 
 
@@ -220,9 +241,8 @@ def _partial_writers(current: dict[str, Tensor], model) -> Tensor:
 def writer_outputs(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos writer d_model"]:
     """Every writer's output (Graph order) on ``tokens``."""
     names = set(_writer_hooks(model))
-    with _split_hooks(model):
-        _, cache = model.run_with_cache(tokens.to(model_device(model)), names_filter=lambda n: n in names,
-                                        return_type=None)
+    _, cache = model.run_with_cache(tokens.to(model_device(model)), names_filter=lambda n: n in names,
+                                    return_type=None)
     return _partial_writers(dict(cache.items()), model)
 
 
@@ -272,11 +292,7 @@ def _reader_grads(model, tokens: Tensor, metric: Callable, embed_at: Callable | 
                   ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradient of the summed metric at every reader's input (batch, pos, n_readers, d), the
     logits and the writer outputs of this run; ``embed_at`` replaces the token embeddings."""
-    n_layers = model.cfg.n_layers
-    readers = []
-    for layer in range(n_layers):
-        readers += [f"blocks.{layer}.hook_{x}_input" for x in "qkv"] + [f"blocks.{layer}.hook_mlp_in"]
-    readers.append(_final_hook(model))
+    readers = _reader_hooks(model)
     writers = set(_writer_hooks(model))
     store: dict[str, Tensor] = {}
 
@@ -287,37 +303,33 @@ def _reader_grads(model, tokens: Tensor, metric: Callable, embed_at: Callable | 
     hooks = [(n, keep) for n in readers + sorted(writers)]
     if embed_at is not None:
         hooks.insert(0, ("hook_embed", lambda act, hook: embed_at(act)))
-    with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
+    with torch.enable_grad(), _head_input_hooks(model), model.hooks(fwd_hooks=hooks):
         logits = model(tokens)
         value = metric(logits)
-        grads = dict(zip(readers, torch.autograd.grad(value.sum(), [store[n] for n in readers])))
-    out = []
-    for layer in range(n_layers):
-        out.append(sum(grads[f"blocks.{layer}.hook_{x}_input"] for x in "qkv"))  # (b, p, H, d)
-        out.append(grads[f"blocks.{layer}.hook_mlp_in"][:, :, None])
-    out.append(grads[_final_hook(model)][:, :, None])
-    written = _partial_writers({k: v.detach() for k, v in store.items() if k in writers}, model)
-    return torch.cat(out, 2), logits.detach(), written
+        grads = torch.autograd.grad(value.sum(), [store[n] for n in readers])
+    grads = [g if name.endswith("attn_in") else g[:, :, None] for name, g in zip(readers, grads)]
+    with torch.no_grad():
+        written = _partial_writers({k: v.detach() for k, v in store.items() if k in writers}, model)
+    return torch.cat(grads, 2), logits.detach(), written
 
 
 def _attribute_chunk(model, clean: Tensor, corrupt: Tensor, metric: Callable, steps: int):
     device = model_device(model)
     clean, corrupt = clean.to(device), corrupt.to(device)
-    with _split_hooks(model):
-        with torch.no_grad():
-            writers = set(_writer_hooks(model))
-            corrupt_logits, cache = model.run_with_cache(corrupt, names_filter=lambda n: n in writers)
-            corrupt_writers = _partial_writers(dict(cache.items()), model)
-            corrupt_embed = cache["hook_embed"]
-            metric_corrupt = metric(corrupt_logits).detach()
-            del cache
-        grad_sum = None
-        for k in range(1, steps + 1):
-            alpha = k / steps
-            # At alpha = 1 the input is left untouched, so the last step is exactly EAP's gradient.
-            embed_at = None if k == steps else (lambda act, a=alpha: corrupt_embed + a * (act - corrupt_embed))
-            grads, logits, clean_writers = _reader_grads(model, clean, metric, embed_at)
-            grad_sum = grads if grad_sum is None else grad_sum + grads
+    with torch.no_grad():
+        writers = set(_writer_hooks(model))
+        corrupt_logits, cache = model.run_with_cache(corrupt, names_filter=lambda n: n in writers)
+        corrupt_writers = _partial_writers(dict(cache.items()), model)
+        corrupt_embed = cache["hook_embed"]
+        metric_corrupt = metric(corrupt_logits).detach()
+        del cache
+    grad_sum = None
+    for k in range(1, steps + 1):
+        alpha = k / steps
+        # At alpha = 1 the input is left untouched, so the last step is exactly EAP's gradient.
+        embed_at = None if k == steps else (lambda act, a=alpha: corrupt_embed + a * (act - corrupt_embed))
+        grads, logits, clean_writers = _reader_grads(model, clean, metric, embed_at)
+        grad_sum = grads if grad_sum is None else grad_sum + grads
     delta = corrupt_writers - clean_writers
     eap = torch.einsum("bpwd,bprd->bpwr", delta, grads)
     eap_ig = eap if steps == 1 else torch.einsum("bpwd,bprd->bpwr", delta, grad_sum / steps)
@@ -329,14 +341,29 @@ def _attribute_chunk(model, clean: Tensor, corrupt: Tensor, metric: Callable, st
             metric_corrupt.cpu())
 
 
+def _group_offsets(model) -> tuple[list[int], list[int]]:
+    """Start columns of the writer groups (embed, heads 0, MLP 0, ...) and of the reader groups
+    (heads 0, MLP 0, ..., logits), with the total as the last entry."""
+    n_heads = model.cfg.n_heads
+    writers, readers = [0, 1], [0]
+    for _ in range(model.cfg.n_layers):
+        writers += [writers[-1] + n_heads, writers[-1] + n_heads + 1]
+        readers += [readers[-1] + n_heads, readers[-1] + n_heads + 1]
+    return writers, readers + [readers[-1] + 1]
+
+
 @torch.no_grad()
 def patched_logits(model, clean: Int[Tensor, "batch pos"],
                    corrupt_writers: Float[Tensor, "batch pos writer d_model"],
-                   removed: Float[Tensor, "batch pos writer reader"]) -> Float[Tensor, "batch pos vocab"]:
+                   removed: Float[Tensor, "batch pos writer reader"],
+                   clean_writers: Float[Tensor, "batch pos writer d_model"] | None = None
+                   ) -> Float[Tensor, "batch pos vocab"]:
     """Logits of the clean run in which each reader's input at each position receives, from
     every writer with ``removed == 1`` there, the writer's corrupted output instead of its
     output in this run (exact edge patching). Each row may remove its own edges, so several
-    circuits run in one batch.
+    circuits run in one batch. With the clean run's ``clean_writers``, the layers before the
+    first one that reads a removed edge are not rerun (they are the clean run): the residual
+    there is the sum of the clean writers' outputs and biases.
 
     >>> from memlens.models import ModelConfig, build_model
     >>> from memlens.tasks import make_task
@@ -349,40 +376,68 @@ def patched_logits(model, clean: Int[Tensor, "batch pos"],
     """
     device = model_device(model)
     clean, corrupt_writers, removed = clean.to(device), corrupt_writers.to(device), removed.to(device)
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    writers = set(_writer_hooks(model))
+    w_off, r_off = _group_offsets(model)
+    group_hooks = [None] + [f"blocks.{layer}.{x}" for layer in range(model.cfg.n_layers)
+                            for x in ("attn.hook_z", "hook_mlp_out")]
+    used = removed.flatten(0, 1).any(0)  # (writer, reader): removed anywhere in the batch
+    group_of = [g for g in range(len(w_off) - 1) for _ in range(w_off[g], w_off[g + 1])]
     current: dict[str, Tensor] = {}
-    fixes: dict[int, Tensor] = {}
+    deltas: list[Tensor] = []  # per writer group so far: this run's output minus the corrupted one
 
     def record(act, hook):
         current[hook.name] = act
         return act
 
-    def fix_for(columns: slice) -> Tensor:
-        """(b, p, readers, d): what to subtract from the readers' inputs."""
-        known = _partial_writers(current, model)
-        delta = known - corrupt_writers[:, :, : known.shape[2]]
-        return torch.einsum("bpwd,bpwr->bprd", delta, removed[:, :, : known.shape[2], columns])
+    def update_deltas() -> None:
+        while len(deltas) < len(group_hooks):
+            g = len(deltas)
+            if g == 0 and "hook_pos_embed" in current:
+                out = (current["hook_embed"] + current["hook_pos_embed"])[:, :, None]
+            elif g > 0 and group_hooks[g] in current:
+                out = _writer_group(model, group_hooks[g], current[group_hooks[g]])
+            else:
+                return
+            deltas.append(out - corrupt_writers[:, :, w_off[g]: w_off[g + 1]])
 
-    def patch_heads(layer: int, columns: slice):
+    def patch(reader_group: int):
+        cols = slice(r_off[reader_group], r_off[reader_group + 1])
+
         def hook(act, hook):
-            if hook.name.endswith("q_input"):  # q, k and v read the same residual: one fix
-                fixes[layer] = fix_for(columns)
-            return act - fixes[layer]
+            update_deltas()
+            fix = None
+            for w in range(w_off[len(deltas)]):
+                if used[w, cols].any():  # skip writers with nothing removed here
+                    # A loop over writers: einsum would run one tiny matmul per (row, position).
+                    g = group_of[w]
+                    part = deltas[g][:, :, w - w_off[g], None] * removed[:, :, w, cols, None]
+                    fix = part if fix is None else fix + part
+            if fix is None:
+                return act
+            return act - (fix if hook.name.endswith("attn_in") else fix[:, :, 0])
         return hook
 
-    def patch_one(columns: slice):
-        return lambda act, hook: act - fix_for(columns)[:, :, 0]
+    hooks = [(n, record) for n in _writer_hooks(model)]
+    hooks += [(name, patch(i)) for i, name in enumerate(_reader_hooks(model))]
+    start = 0 if clean_writers is None else _first_patched_layer(model, used, r_off)
+    with _head_input_hooks(model), model.hooks(fwd_hooks=hooks):
+        if start == 0:
+            return model(clean)
+        clean_writers = clean_writers.to(device)
+        for g in range(2 * start + 1):  # embed and the layers skipped: as in the clean run
+            deltas.append(clean_writers[:, :, w_off[g]: w_off[g + 1]] - corrupt_writers[:, :, w_off[g]: w_off[g + 1]])
+        resid = clean_writers[:, :, : w_off[2 * start + 1]].sum(2)
+        resid = resid + sum(model.blocks[layer].attn.b_O for layer in range(start))
+        return model(resid, start_at_layer=start)
 
-    hooks = [(n, record) for n in writers]
-    r = 0
-    for layer in range(n_layers):
-        hooks += [(f"blocks.{layer}.hook_{x}_input", patch_heads(layer, slice(r, r + n_heads))) for x in "qkv"]
-        hooks.append((f"blocks.{layer}.hook_mlp_in", patch_one(slice(r + n_heads, r + n_heads + 1))))
-        r += n_heads + 1
-    hooks.append((_final_hook(model), patch_one(slice(r, r + 1))))
-    with _split_hooks(model), model.hooks(fwd_hooks=hooks):
-        return model(clean)
+
+def _first_patched_layer(model, used: Tensor, r_off: list[int]) -> int:
+    """The first layer whose readers have a removed edge (the logits are read after the last
+    block, whose output hook they patch: at most ``n_layers - 1``)."""
+    last = model.cfg.n_layers - 1
+    for group in range(len(r_off) - 1):
+        if used[:, r_off[group]: r_off[group + 1]].any():
+            return min(group // 2, last)
+    return last
 
 
 def circuit_logits(model, clean: Tensor, corrupt: Tensor, keep: set[tuple[int, int]]) -> Tensor:
