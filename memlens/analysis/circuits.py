@@ -183,19 +183,41 @@ class EdgeIndex:
         return kept
 
 
+class _NormOnce(torch.nn.Module):
+    """A block's ``ln1`` that normalizes a tensor once when it is passed again: with
+    ``use_attn_in`` TransformerLens normalizes the same per-head input for the query, the key
+    and the value (the costliest step of these runs)."""
+
+    def __init__(self, norm: torch.nn.Module):
+        super().__init__()
+        self.norm = norm
+        self.last: tuple[Tensor, Tensor] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.last is None or self.last[0] is not x:
+            self.last = (x, self.norm(x))
+        return self.last[1]
+
+
 @contextlib.contextmanager
 def _head_input_hooks(model):
     """One input per head, shared by its query, key and value (``hook_attn_in``: our reader
-    is the head), and a separate MLP input (``hook_mlp_in``); the flags are restored afterwards.
-    (``use_split_qkv_input`` would triple the per-head layer norms and ``use_attn_result``
-    materializes a (batch, pos, head, d_head, d_model) product: both several times slower.)"""
+    is the head), and a separate MLP input (``hook_mlp_in``); the flags and modules are
+    restored afterwards. (``use_split_qkv_input`` would triple the per-head layer norms and
+    ``use_attn_result`` materializes a (batch, pos, head, d_head, d_model) product: both
+    several times slower.)"""
     old = (model.cfg.use_attn_in, model.cfg.use_split_qkv_input, model.cfg.use_hook_mlp_in)
+    norms = [block.ln1 for block in model.blocks]
     model.set_use_split_qkv_input(False)
     model.set_use_attn_in(True)
     model.set_use_hook_mlp_in(True)
     try:
+        for block, norm in zip(model.blocks, norms):
+            block.ln1 = _NormOnce(norm)
         yield
     finally:
+        for block, norm in zip(model.blocks, norms):
+            block.ln1 = norm
         model.set_use_attn_in(old[0])
         model.set_use_split_qkv_input(old[1])
         model.set_use_hook_mlp_in(old[2])
@@ -409,8 +431,8 @@ def patched_logits(model, clean: Int[Tensor, "batch pos"],
                 if used[w, cols].any():  # skip writers with nothing removed here
                     # A loop over writers: einsum would run one tiny matmul per (row, position).
                     g = group_of[w]
-                    part = deltas[g][:, :, w - w_off[g], None] * removed[:, :, w, cols, None]
-                    fix = part if fix is None else fix + part
+                    delta, weight = deltas[g][:, :, w - w_off[g], None], removed[:, :, w, cols, None]
+                    fix = delta * weight if fix is None else fix.addcmul_(delta, weight)
             if fix is None:
                 return act
             return act - (fix if hook.name.endswith("attn_in") else fix[:, :, 0])
