@@ -21,6 +21,15 @@ from memlens.training.metrics import answer_logits, answer_loss
 FAST = dict(ig_steps=2, n_blocks=5, floor_draws=50, check_examples=8, check_edges=60, check_top=20)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls: on a busy 2-core machine one thread is several times faster than two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def adder():
     """A 2-layer model trained to add two-digit numbers (about 98% exact on held-out sums)."""
@@ -29,18 +38,13 @@ def adder():
     model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=2), task, seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     gen = torch.Generator().manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: one thread is several times faster on a busy machine
-    try:
-        for _ in range(400):
-            idx = torch.randint(0, len(data.train), (128,), generator=gen)
-            loss = answer_loss(answer_logits(model, data.train.tokens[idx], data.train.answer_pos),
-                               data.train.labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(threads)
+    for _ in range(400):
+        idx = torch.randint(0, len(data.train), (128,), generator=gen)
+        loss = answer_loss(answer_logits(model, data.train.tokens[idx], data.train.answer_pos),
+                           data.train.labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     return task, model.eval(), data
 
 
