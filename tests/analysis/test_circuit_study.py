@@ -89,6 +89,11 @@ def test_statistics_reproduce_the_summary_from_its_json(study):
     assert overlap_statistic(s) == s["overlap"]["normalized"] == study.summary()["overlap"]["normalized"]
     assert cross_faithfulness_statistic(s) == s["cross_faithfulness"]["value"]
     assert overlap_statistic(data) == s["overlap"]["normalized"]  # the whole record works too
+    from memlens import claims  # the scorecard's claim 7 parts read this summary
+
+    assert "normalized_overlap" in s and isinstance(s["n_examples"], int)
+    assert claims.circuit_overlap({"summary": s}, None) == s["overlap"]["normalized"]
+    assert claims.cross_faithfulness({"summary": s}, None) == s["cross_faithfulness"]["value"]
     parts = overlap_parts(s)
     assert parts["iou"] == s["overlap"]["iou"] and parts["ceiling"] == s["overlap"]["ceiling"]
     frame = study.to_frame()
