@@ -410,8 +410,8 @@ class CircuitStudyResult(Result):
 # --- the study ------------------------------------------------------------------------------
 
 def _check_inputs(model, clean: Examples, noisy: Examples, n_examples: int | None, seed, attribution: str,
-                  ig_steps, target_faithfulness, positions: str, n_blocks, floor_draws, check_examples,
-                  check_edges, check_top) -> int:
+                  ig_steps, target_faithfulness, positions: str, max_position_edges, n_blocks, floor_draws,
+                  check_examples, check_edges, check_top, chunk_size) -> int:
     """Refuse bad input before any forward pass; return the number of examples per group."""
     for what, ex in (("clean", clean), ("noisy", noisy)):
         check_group(model, ex, what)
@@ -424,7 +424,8 @@ def _check_inputs(model, clean: Examples, noisy: Examples, n_examples: int | Non
     _require_int(seed, "seed", 0)
     for value, name, low in ((ig_steps, "ig_steps", 1), (n_blocks, "n_blocks", 1), (floor_draws, "floor_draws", 1),
                              (check_examples, "check_examples", 2), (check_edges, "check_edges", 1),
-                             (check_top, "check_top", 0)):
+                             (check_top, "check_top", 0), (max_position_edges, "max_position_edges", 1),
+                             (chunk_size, "chunk_size", 1)):
         _require_int(value, name, low)
     if attribution not in ("auto", *METHODS):
         raise AnalysisError(f"attribution={attribution!r} is invalid: choose 'auto', 'eap' or 'eap-ig'")
@@ -479,7 +480,8 @@ def circuit_study(model, clean: Examples, noisy: Examples, *, seed: int, attribu
     True
     """
     n = _check_inputs(model, clean, noisy, n_examples, seed, attribution, ig_steps, target_faithfulness,
-                      positions, n_blocks, floor_draws, check_examples, check_edges, check_top)
+                      positions, max_position_edges, n_blocks, floor_draws, check_examples, check_edges,
+                      check_top, chunk_size)
     index = EdgeIndex.of(Graph.of(model), clean.tokens.shape[1], positions, max_position_edges)
     pool = _pool(clean, noisy, n, seed)
     rows = pool.rows
