@@ -27,6 +27,7 @@ the circuit, in order of ``|score|``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 from dataclasses import dataclass
 from collections.abc import Callable
@@ -48,7 +49,8 @@ class Graph:
 
     >>> from memlens.models import ModelConfig, build_model
     >>> from memlens.tasks import make_task
-    >>> g = Graph.of(build_model(ModelConfig(n_layers=1, d_model=16, n_heads=2), make_task("fda", preset="tiny"), seed=0))
+    >>> net = build_model(ModelConfig(n_layers=1, d_model=16, n_heads=2), make_task("fda", preset="tiny"), seed=0)
+    >>> g = Graph.of(net)
     >>> g.writers, g.readers, int(g.edges.sum())
     (['embed', 'L0.H0', 'L0.H1', 'L0.mlp'], ['L0.H0', 'L0.H1', 'L0.mlp', 'logits'], 9)
     """
@@ -124,8 +126,9 @@ class EdgeIndex:
     def n_edges(self) -> int:
         return self.graph.n_pairs * self.n_slots
 
-    @property
+    @functools.cached_property
     def pairs(self) -> Int[Tensor, "n_pairs 2"]:
+        """(writer, reader) of each pair, in edge order."""
         return self.graph.edges.nonzero()
 
     @property
@@ -393,7 +396,8 @@ def patched_logits(model, clean: Int[Tensor, "batch pos"],
     >>> net = build_model(ModelConfig(n_layers=1, d_model=16, n_heads=2), task, seed=0)
     >>> toks = task.generate(seed=0).test.tokens[:2]
     >>> none_removed = torch.zeros(2, toks.shape[1], 4, 4)
-    >>> bool(torch.allclose(patched_logits(net, toks, writer_outputs(net, toks[[1, 0]]), none_removed), net(toks), atol=1e-5))
+    >>> logits = patched_logits(net, toks, writer_outputs(net, toks[[1, 0]]), none_removed)
+    >>> bool(torch.allclose(logits, net(toks), atol=1e-5))
     True
     """
     device = model_device(model)

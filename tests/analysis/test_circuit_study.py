@@ -70,7 +70,8 @@ def test_circuits_are_connected_and_reach_the_target(study):
         assert smaller and trace[max(smaller)] < 0.8  # the next smaller size tried fails
         assert found["size"] - 1 in trace or found["size"] == 1 or max(smaller) * 2 == found["size"]
     noisy = s["noisy_metric"]
-    own = (np.mean(noisy["noisy_circuit"]) - np.mean(noisy["corrupt"])) / (np.mean(noisy["clean"]) - np.mean(noisy["corrupt"]))
+    corrupt = np.mean(noisy["corrupt"])
+    own = (np.mean(noisy["noisy_circuit"]) - corrupt) / (np.mean(noisy["clean"]) - corrupt)
     assert own == pytest.approx(s["circuits"]["noisy"]["faithfulness"])
     assert s["metric"]["clean"]["clean"] - s["metric"]["clean"]["corrupt"] > 1.0  # a real effect to recover
 
@@ -110,7 +111,8 @@ def test_resampled_statistics_vary_but_stay_in_range(study):
         assert parts["normalized"] == overlap_statistic(s, np.random.default_rng(i))
         assert 0 <= parts["iou"] <= 1 and 0 <= parts["ceiling"] <= 1 and parts["floor"] == s["overlap"]["floor"]
         if parts["ceiling"] > parts["floor"]:
-            assert parts["normalized"] == pytest.approx((parts["iou"] - parts["floor"]) / (parts["ceiling"] - parts["floor"]))
+            span = parts["ceiling"] - parts["floor"]
+            assert parts["normalized"] == pytest.approx((parts["iou"] - parts["floor"]) / span)
         overlaps.append(parts["normalized"])
         crosses.append(cross_faithfulness_statistic(s, np.random.default_rng(i)))
     assert np.isfinite(crosses).all() and np.std(crosses) > 0 and np.nanstd(overlaps) > 0
