@@ -38,6 +38,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from memlens import backend
 from memlens.analysis.common import AnalysisError, Result, chunks, model_device
 
 POSITION_MODES = ("auto", "per_position", "summed")
@@ -186,6 +187,12 @@ class EdgeIndex:
         return kept
 
 
+#: Run circuits on the backend's split view (TransformerLens 4.x: the bridge's native attention
+#: has no per-head inputs and no ``start_at_layer``; :func:`memlens.backend.split_hooks` gives a
+#: view with per-head q/k/v inputs and results). On 3.9 the faster shared-input sites are used.
+SPLIT_VIEW: bool = backend.BACKEND == "bridge"
+
+
 class _NormOnce(torch.nn.Module):
     """A block's ``ln1`` that normalizes a tensor once when it is passed again: with
     ``use_attn_in`` TransformerLens normalizes the same per-head input for the query, the key
@@ -202,13 +209,68 @@ class _NormOnce(torch.nn.Module):
         return self.last[1]
 
 
+@dataclass
+class _Sites:
+    """The module to run and the hooks of the graph's nodes on it.
+
+    ``split``: heads read ``hook_{q,k,v}_input`` (patched alike) and write ``attn.hook_result``;
+    otherwise they read one shared ``hook_attn_in`` and write ``attn.hook_z`` times ``W_O``.
+    ``resumable``: a run may start at a layer from a given residual (``start_at_layer``)."""
+
+    run: torch.nn.Module
+    n_layers: int
+    split: bool
+    params: dict[str, Tensor]
+
+    @property
+    def resumable(self) -> bool:
+        return not self.split
+
+    def writer_hooks(self) -> list[str]:
+        head = "attn.hook_result" if self.split else "attn.hook_z"
+        names = ["hook_embed", "hook_pos_embed"]
+        for layer in range(self.n_layers):
+            names += [f"blocks.{layer}.{head}", f"blocks.{layer}.hook_mlp_out"]
+        return names
+
+    def reader_hooks(self) -> list[list[str]]:
+        """Per reader group (heads of layer 0, MLP 0, ..., the logits): its hooks."""
+        groups = []
+        for layer in range(self.n_layers):
+            heads = ["q_input", "k_input", "v_input"] if self.split else ["attn_in"]
+            groups += [[f"blocks.{layer}.hook_{x}" for x in heads], [f"blocks.{layer}.hook_mlp_in"]]
+        return groups + [[f"blocks.{self.n_layers - 1}.hook_resid_post"]]
+
+    def writer_group(self, name: str, act: Tensor) -> Tensor:
+        """A writer hook's activation as (batch, pos, writers, d_model): a head's output is its
+        ``z`` times its ``W_O`` (TransformerLens' ``hook_result``, without ``b_O``)."""
+        if name.endswith("attn.hook_z"):
+            return torch.einsum("bphe,hed->bphd", act, self.params[name.replace("hook_z", "W_O")])
+        return act if name.endswith("attn.hook_result") else act[:, :, None]
+
+    def writers(self, current: dict[str, Tensor]) -> Tensor:
+        """Writer outputs recorded so far in a forward pass (all of them from a complete
+        cache), in Graph order: (batch, pos, n_writers_so_far, d_model)."""
+        parts = [(current["hook_embed"] + current["hook_pos_embed"])[:, :, None]]
+        for name in self.writer_hooks()[2:]:
+            if name not in current:
+                break
+            parts.append(self.writer_group(name, current[name]))
+        return torch.cat(parts, 2)
+
+
 @contextlib.contextmanager
-def _head_input_hooks(model):
-    """One input per head, shared by its query, key and value (``hook_attn_in``: our reader
-    is the head), and a separate MLP input (``hook_mlp_in``); the flags and modules are
-    restored afterwards. (``use_split_qkv_input`` would triple the per-head layer norms and
-    ``use_attn_result`` materializes a (batch, pos, head, d_head, d_model) product: both
-    several times slower.)"""
+def _sites(model):
+    """:class:`_Sites` for ``model``, its flags and modules restored afterwards. On 3.9: one
+    input per head shared by its query, key and value (``hook_attn_in``: our reader is the
+    head), ``ln1`` applied to it once, head outputs from ``hook_z`` (``use_split_qkv_input``
+    would triple the per-head layer norms and ``use_attn_result`` materializes a batch x pos x
+    head x d_head x d_model product: both several times slower)."""
+    params = backend.canonical_params(model)
+    if SPLIT_VIEW:
+        with backend.split_hooks(model) as run:
+            yield _Sites(run, model.cfg.n_layers, True, params)
+        return
     old = (model.cfg.use_attn_in, model.cfg.use_split_qkv_input, model.cfg.use_hook_mlp_in)
     norms = [block.ln1 for block in model.blocks]
     model.set_use_split_qkv_input(False)
@@ -217,7 +279,7 @@ def _head_input_hooks(model):
     try:
         for block, norm in zip(model.blocks, norms):
             block.ln1 = _NormOnce(norm)
-        yield
+        yield _Sites(model, model.cfg.n_layers, False, params)
     finally:
         for block, norm in zip(model.blocks, norms):
             block.ln1 = norm
@@ -226,49 +288,14 @@ def _head_input_hooks(model):
         model.set_use_hook_mlp_in(old[2])
 
 
-def _writer_hooks(model) -> list[str]:
-    names = ["hook_embed", "hook_pos_embed"]
-    for layer in range(model.cfg.n_layers):
-        names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"]
-    return names
-
-
-def _reader_hooks(model) -> list[str]:
-    """Reader inputs in Graph order of their groups: heads of layer 0, MLP 0, ..., the logits."""
-    names = []
-    for layer in range(model.cfg.n_layers):
-        names += [f"blocks.{layer}.hook_attn_in", f"blocks.{layer}.hook_mlp_in"]
-    return names + [f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
-
-
-def _writer_group(model, name: str, act: Tensor) -> Tensor:
-    """A writer hook's activation as (batch, pos, writers, d_model): a head's output is its
-    ``z`` times its ``W_O`` (TransformerLens' ``hook_result``, without ``b_O``)."""
-    if name.endswith("attn.hook_z"):
-        layer = int(name.split(".")[1])
-        return torch.einsum("bphe,hed->bphd", act, model.blocks[layer].attn.W_O)
-    return act[:, :, None]
-
-
-def _partial_writers(current: dict[str, Tensor], model) -> Tensor:
-    """Writer outputs recorded so far in a forward pass (all of them from a complete cache),
-    in Graph order: (batch, pos, n_writers_so_far, d_model)."""
-    parts = [(current["hook_embed"] + current["hook_pos_embed"])[:, :, None]]
-    for layer in range(model.cfg.n_layers):
-        for name in (f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"):
-            if name not in current:
-                return torch.cat(parts, 2)
-            parts.append(_writer_group(model, name, current[name]))
-    return torch.cat(parts, 2)
-
-
 @torch.no_grad()
 def writer_outputs(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos writer d_model"]:
     """Every writer's output (Graph order) on ``tokens``."""
-    names = set(_writer_hooks(model))
-    _, cache = model.run_with_cache(tokens.to(model_device(model)), names_filter=lambda n: n in names,
-                                    return_type=None)
-    return _partial_writers(dict(cache.items()), model)
+    with _sites(model) as sites:
+        names = set(sites.writer_hooks())
+        _, cache = sites.run.run_with_cache(tokens.to(model_device(model)), names_filter=lambda n: n in names,
+                                            return_type=None)
+        return sites.writers(dict(cache.items()))
 
 
 @dataclass
@@ -313,12 +340,13 @@ def attribute(model, clean: Int[Tensor, "batch pos"], corrupt: Int[Tensor, "batc
     return Attribution(joined[0], joined[1], int(steps), joined[2], joined[3])
 
 
-def _reader_grads(model, tokens: Tensor, metric: Callable, embed_at: Callable | None
+def _reader_grads(sites: _Sites, tokens: Tensor, metric: Callable, embed_at: Callable | None
                   ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradient of the summed metric at every reader's input (batch, pos, n_readers, d), the
     logits and the writer outputs of this run; ``embed_at`` replaces the token embeddings."""
-    readers = _reader_hooks(model)
-    writers = set(_writer_hooks(model))
+    groups = sites.reader_hooks()
+    readers = [name for group in groups for name in group]
+    writers = set(sites.writer_hooks())
     store: dict[str, Tensor] = {}
 
     def keep(act, hook):
@@ -328,33 +356,35 @@ def _reader_grads(model, tokens: Tensor, metric: Callable, embed_at: Callable | 
     hooks = [(n, keep) for n in readers + sorted(writers)]
     if embed_at is not None:
         hooks.insert(0, ("hook_embed", lambda act, hook: embed_at(act)))
-    with torch.enable_grad(), _head_input_hooks(model), model.hooks(fwd_hooks=hooks):
-        logits = model(tokens)
+    with torch.enable_grad(), sites.run.hooks(fwd_hooks=hooks):
+        logits = sites.run(tokens)
         value = metric(logits)
-        grads = torch.autograd.grad(value.sum(), [store[n] for n in readers])
-    grads = [g if name.endswith("attn_in") else g[:, :, None] for name, g in zip(readers, grads)]
+        grads = dict(zip(readers, torch.autograd.grad(value.sum(), [store[n] for n in readers])))
+    per_group = [sum(grads[n] for n in group) for group in groups]  # q, k and v: one reader
+    per_group = [g if g.ndim == 4 else g[:, :, None] for g in per_group]
     with torch.no_grad():
-        written = _partial_writers({k: v.detach() for k, v in store.items() if k in writers}, model)
-    return torch.cat(grads, 2), logits.detach(), written
+        written = sites.writers({k: v.detach() for k, v in store.items() if k in writers})
+    return torch.cat(per_group, 2), logits.detach(), written
 
 
 def _attribute_chunk(model, clean: Tensor, corrupt: Tensor, metric: Callable, steps: int):
     device = model_device(model)
     clean, corrupt = clean.to(device), corrupt.to(device)
-    with torch.no_grad():
-        writers = set(_writer_hooks(model))
-        corrupt_logits, cache = model.run_with_cache(corrupt, names_filter=lambda n: n in writers)
-        corrupt_writers = _partial_writers(dict(cache.items()), model)
-        corrupt_embed = cache["hook_embed"]
-        metric_corrupt = metric(corrupt_logits).detach()
-        del cache
-    grad_sum = None
-    for k in range(1, steps + 1):
-        alpha = k / steps
-        # At alpha = 1 the input is left untouched, so the last step is exactly EAP's gradient.
-        embed_at = None if k == steps else (lambda act, a=alpha: corrupt_embed + a * (act - corrupt_embed))
-        grads, logits, clean_writers = _reader_grads(model, clean, metric, embed_at)
-        grad_sum = grads if grad_sum is None else grad_sum + grads
+    with _sites(model) as sites:
+        with torch.no_grad():
+            writers = set(sites.writer_hooks())
+            corrupt_logits, cache = sites.run.run_with_cache(corrupt, names_filter=lambda n: n in writers)
+            corrupt_writers = sites.writers(dict(cache.items()))
+            corrupt_embed = cache["hook_embed"]
+            metric_corrupt = metric(corrupt_logits).detach()
+            del cache
+        grad_sum = None
+        for k in range(1, steps + 1):
+            alpha = k / steps
+            # At alpha = 1 the input is left untouched, so the last step is exactly EAP's gradient.
+            embed_at = None if k == steps else (lambda act, a=alpha: corrupt_embed + a * (act - corrupt_embed))
+            grads, logits, clean_writers = _reader_grads(sites, clean, metric, embed_at)
+            grad_sum = grads if grad_sum is None else grad_sum + grads
     delta = corrupt_writers - clean_writers
     eap = torch.einsum("bpwd,bprd->bpwr", delta, grads)
     eap_ig = eap if steps == 1 else torch.einsum("bpwd,bprd->bpwr", delta, grad_sum / steps)
@@ -403,57 +433,68 @@ def patched_logits(model, clean: Int[Tensor, "batch pos"],
     device = model_device(model)
     clean, corrupt_writers, removed = clean.to(device), corrupt_writers.to(device), removed.to(device)
     w_off, r_off = _group_offsets(model)
-    group_hooks = [None] + [f"blocks.{layer}.{x}" for layer in range(model.cfg.n_layers)
-                            for x in ("attn.hook_z", "hook_mlp_out")]
     used = removed.flatten(0, 1).any(0)  # (writer, reader): removed anywhere in the batch
     group_of = [g for g in range(len(w_off) - 1) for _ in range(w_off[g], w_off[g + 1])]
     current: dict[str, Tensor] = {}
     deltas: list[Tensor] = []  # per writer group so far: this run's output minus the corrupted one
+    fixes: dict[int, Tensor | None] = {}
 
     def record(act, hook):
         current[hook.name] = act
         return act
 
-    def update_deltas() -> None:
+    def update_deltas(sites: _Sites) -> None:
+        group_hooks = sites.writer_hooks()[1:]  # [embed (its second hook), heads 0, MLP 0, ...]
         while len(deltas) < len(group_hooks):
             g = len(deltas)
             if g == 0 and "hook_pos_embed" in current:
                 out = (current["hook_embed"] + current["hook_pos_embed"])[:, :, None]
             elif g > 0 and group_hooks[g] in current:
-                out = _writer_group(model, group_hooks[g], current[group_hooks[g]])
+                out = sites.writer_group(group_hooks[g], current[group_hooks[g]])
             else:
                 return
             deltas.append(out - corrupt_writers[:, :, w_off[g]: w_off[g + 1]])
 
-    def patch(reader_group: int):
-        cols = slice(r_off[reader_group], r_off[reader_group + 1])
+    def fix_for(sites: _Sites, cols: slice) -> Tensor | None:
+        """(b, p, readers, d): what to subtract from the readers' inputs (None: nothing)."""
+        update_deltas(sites)
+        fix = None
+        for w in range(w_off[len(deltas)]):
+            if used[w, cols].any():  # skip writers with nothing removed here
+                # A loop over writers: einsum would run one tiny matmul per (row, position).
+                g = group_of[w]
+                delta, weight = deltas[g][:, :, w - w_off[g], None], removed[:, :, w, cols, None]
+                fix = delta * weight if fix is None else fix.addcmul_(delta, weight)
+        return fix
+
+    def patch(sites: _Sites, group: int, first: bool):
+        cols = slice(r_off[group], r_off[group + 1])
 
         def hook(act, hook):
-            update_deltas()
-            fix = None
-            for w in range(w_off[len(deltas)]):
-                if used[w, cols].any():  # skip writers with nothing removed here
-                    # A loop over writers: einsum would run one tiny matmul per (row, position).
-                    g = group_of[w]
-                    delta, weight = deltas[g][:, :, w - w_off[g], None], removed[:, :, w, cols, None]
-                    fix = delta * weight if fix is None else fix.addcmul_(delta, weight)
+            if first:  # q, k and v of a head read the same input: one fix for the three
+                fixes[group] = fix_for(sites, cols)
+            fix = fixes[group]
             if fix is None:
                 return act
-            return act - (fix if hook.name.endswith("attn_in") else fix[:, :, 0])
+            return act - (fix if act.ndim == 4 else fix[:, :, 0])
         return hook
 
-    hooks = [(n, record) for n in _writer_hooks(model)]
-    hooks += [(name, patch(i)) for i, name in enumerate(_reader_hooks(model))]
-    start = 0 if clean_writers is None else _first_patched_layer(model, used, r_off)
-    with _head_input_hooks(model), model.hooks(fwd_hooks=hooks):
-        if start == 0:
-            return model(clean)
-        clean_writers = clean_writers.to(device)
-        for g in range(2 * start + 1):  # embed and the layers skipped: as in the clean run
-            deltas.append(clean_writers[:, :, w_off[g]: w_off[g + 1]] - corrupt_writers[:, :, w_off[g]: w_off[g + 1]])
-        resid = clean_writers[:, :, : w_off[2 * start + 1]].sum(2)
-        resid = resid + sum(model.blocks[layer].attn.b_O for layer in range(start))
-        return model(resid, start_at_layer=start)
+    with _sites(model) as sites:
+        hooks = [(n, record) for n in sites.writer_hooks()]
+        for group, names in enumerate(sites.reader_hooks()):
+            hooks += [(name, patch(sites, group, i == 0)) for i, name in enumerate(names)]
+        start = 0
+        if clean_writers is not None and sites.resumable:
+            start = _first_patched_layer(model, used, r_off)
+        with sites.run.hooks(fwd_hooks=hooks):
+            if start == 0:
+                return sites.run(clean)
+            clean_writers = clean_writers.to(device)
+            for g in range(2 * start + 1):  # embed and the layers skipped: as in the clean run
+                deltas.append(clean_writers[:, :, w_off[g]: w_off[g + 1]] - corrupt_writers[:, :, w_off[g]: w_off[g + 1]])
+            resid = clean_writers[:, :, : w_off[2 * start + 1]].sum(2)
+            resid = resid + sum(sites.params[f"blocks.{layer}.attn.b_O"] for layer in range(start))
+            return backend.run_from_layer(sites.run, resid, start)
 
 
 def _first_patched_layer(model, used: Tensor, r_off: list[int]) -> int:
@@ -529,13 +570,14 @@ def edge_attribution(model, clean: Tensor, corrupt: Tensor, metric: Callable[[Te
                      steps: int = 1) -> EdgeScores:
     """EAP (``steps=1``) or EAP-IG scores of every (writer, reader) pair, summed over positions,
     for a scalar ``metric(logits)`` (e.g. the mean log-probability of the labels) between the
-    ``clean`` and ``corrupt`` token batches: each approximates the metric's change when the
-    pair is corrupted at every position."""
+    ``clean`` and ``corrupt`` token batches: the first-order change of the metric when the pair
+    is corrupted at every position, divided by the number of examples (the scale this function
+    has always had, and that tests/cross_version records)."""
     if clean.shape != corrupt.shape:
         raise AnalysisError(f"clean and corrupt token shapes differ: {tuple(clean.shape)} vs {tuple(corrupt.shape)}")
     # One chunk: a scalar metric (a mean over the batch) does not split across chunks.
     att = attribute(model, clean, corrupt, metric, steps=steps, chunk_size=len(clean))
-    scores = (att.eap_ig if steps > 1 else att.eap).sum((0, 1))
+    scores = (att.eap_ig if steps > 1 else att.eap).sum((0, 1)) / len(clean)
     return EdgeScores(Graph.of(model), scores, float(att.metric_clean), float(att.metric_corrupt))
 
 

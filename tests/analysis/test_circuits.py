@@ -1,6 +1,8 @@
 """Edge attribution patching: exact circuit runs at the extremes, attribution against real
 single-edge patching, overlap and faithfulness."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -95,7 +97,23 @@ def pair(fda_tiny):
     return model, clean, corrupt
 
 
-def test_per_position_extremes_are_clean_and_corrupt_runs(pair):
+@pytest.fixture(params=["shared", "split", "view"])
+def sites(request, monkeypatch):
+    """Which hooks the circuit code runs on: 3.9's shared per-head input (the default there),
+    3.9's split q/k/v hooks, or the SplitView that TransformerLens 4.x gets (here on 3.9)."""
+    from memlens import backend, split_view
+    from memlens.analysis import circuits
+
+    if request.param != "shared":
+        monkeypatch.setattr(circuits, "SPLIT_VIEW", True)
+    if request.param == "view":
+        def view(model):
+            yield split_view.SplitView(model)
+        monkeypatch.setattr(backend, "split_hooks", contextlib.contextmanager(view))
+    return request.param
+
+
+def test_per_position_extremes_are_clean_and_corrupt_runs(pair, sites):
     model, clean, corrupt = pair
     index = EdgeIndex.of(Graph.of(model), clean.shape[1])
     assert index.per_position and index.n_edges == 26 * clean.shape[1]
@@ -161,7 +179,7 @@ def _hand_patched(model, clean, corrupt, writer: str, reader: str, pos: int):
 
 @pytest.mark.parametrize("writer,reader,pos", [("L0.H1", "L1.H0", 4), ("embed", "L0.mlp", 2),
                                                ("L0.H0", "L1.mlp", 6), ("L1.mlp", "logits", 7)])
-def test_single_edge_patching_matches_a_hand_written_hook(pair, writer, reader, pos):
+def test_single_edge_patching_matches_a_hand_written_hook(pair, sites, writer, reader, pos):
     model, clean, corrupt = pair
     index = EdgeIndex.of(Graph.of(model), clean.shape[1])
     e = next(e for e in range(index.n_edges) if index.label(e) == (writer, reader, pos))
@@ -189,7 +207,7 @@ def test_eap_ig_with_one_step_is_eap(pair):
     assert not torch.allclose(five.eap_ig, five.eap)
 
 
-def test_eap_ig_averages_gradients_on_the_embedding_path(pair):
+def test_eap_ig_averages_gradients_on_the_embedding_path(pair, sites):
     """EAP-IG(2) = delta . (grad at the embedding midpoint + grad at the clean input) / 2, with
     the gradients taken here through TransformerLens' split q/k/v inputs."""
     model, clean, corrupt = pair
