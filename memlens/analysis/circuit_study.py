@@ -390,18 +390,21 @@ class CircuitStudyResult(Result):
     def summary(self) -> dict:
         return self.summary_
 
-    def figure(self):
+    @staticmethod
+    def render(data: dict):
+        """Faithfulness against circuit size for each circuit, with the target marked."""
         import plotly.graph_objects as go
 
+        summary = _summary_of(data)
         fig = go.Figure()
         for name in CIRCUITS:
-            found = self.summary_["circuits"][name]
+            found = summary["circuits"][name]
             size, value = zip(*found["search"])
             fig.add_trace(go.Scatter(x=size, y=value, mode="lines+markers",
                                      name=f"{name} (size {found['size']})"))
-        fig.add_hline(y=self.summary_["target_faithfulness"], line_dash="dot")
-        ov, cf = self.summary_["overlap"], self.summary_["cross_faithfulness"]
-        fig.update_layout(title=f"Circuit faithfulness by size ({self.summary_['method']}): normalized "
+        fig.add_hline(y=summary["target_faithfulness"], line_dash="dot")
+        ov, cf = summary["overlap"], summary["cross_faithfulness"]
+        fig.update_layout(title=f"Circuit faithfulness by size ({summary['method']}): normalized "
                                 f"overlap {ov['normalized']:.2f}, cross-faithfulness {cf['value']:.2f}",
                           xaxis_title="edges in circuit", yaxis_title="faithfulness", xaxis_type="log")
         return fig

@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
 
@@ -151,51 +150,6 @@ def run_neurons(run) -> Result:
                         seed=run.config.seed)
 
 
-@dataclass
-class CircuitAnalysis(Result):
-    """EAP circuits for clean and for noisy examples, their overlap and faithfulness."""
-
-    clean: Result
-    noisy: Result
-    summary_: dict
-    name = "circuits"
-
-    def to_frame(self):
-        import pandas as pd
-
-        return pd.concat([self.clean.to_frame().assign(group="clean"),
-                          self.noisy.to_frame().assign(group="noisy")], ignore_index=True)
-
-    def summary(self) -> dict:
-        return self.summary_
-
-    @staticmethod
-    def render(data: dict):
-        """Edge attribution scores (writer x reader) of the clean and of the noisy circuit."""
-        import numpy as np
-        import pandas as pd
-        import plotly.express as px
-
-        frame = pd.DataFrame(data["frame"])
-        writers = list(dict.fromkeys(frame["writer"]))
-        readers = list(dict.fromkeys(frame["reader"]))
-        panels = []
-        for grp in ("clean", "noisy"):
-            grid = np.zeros((len(writers), len(readers)))
-            for row in frame[frame["group"] == grp].itertuples():
-                grid[writers.index(row.writer), readers.index(row.reader)] = row.score
-            panels.append(grid)
-        top = float(np.abs(np.stack(panels)).max()) or 1.0
-        fig = px.imshow(np.stack(panels), facet_col=0, x=readers, y=writers, zmin=-top, zmax=top,
-                        color_continuous_scale="RdBu", aspect="auto", labels={"color": "score"})
-        for i, name in enumerate(("clean examples", "noisy examples")):
-            fig.layout.annotations[i].text = name
-        o = data["summary"]["overlap"]
-        fig.update_layout(title=f"Edge attribution: top-{o['k']} IoU {o['iou']:.2f} (random "
-                                f"{o['random_iou']:.2f})", height=420)
-        return fig
-
-
 def run_fourier(run) -> Result:
     """Periodic neurons (IPR over the Fourier basis of the cyclic inputs) and pruning the least
     periodic ones, on every input of the task (training and test)."""
@@ -208,44 +162,13 @@ def run_fourier(run) -> Result:
 
 
 def run_circuits(run, n: int = 400) -> Result:
-    """Circuits of the clean and of the noisy training examples, the top 10% of edges each.
+    """Claim 7's circuit study on clean and noisy training examples (``n`` of each)."""
+    from memlens.analysis.circuit_study import circuit_study
 
-    Corruption: another example's input from the same group. Metric: the logit of each
-    example's trained label minus the logit of the corrupting example's label, averaged over
-    answer slots and examples."""
-    from memlens.analysis.circuits import edge_attribution, faithfulness, overlap
-
-    def make(split: str):
-        ex = group(run, split, n)
-        corrupt = ex.tokens.roll(1, 0)  # another example of the same group
-
-        def metric(logits):
-            at = logits[:, ex.answer_pos].float()
-            own = at.gather(-1, ex.labels.to(at.device)[..., None])
-            other = at.gather(-1, ex.labels.roll(1, 0).to(at.device)[..., None])
-            return (own - other).mean()
-        return ex, corrupt, metric
-
-    groups = {"clean": make("train_clean"), "noisy": make("train_noisy")}
-    if not len(groups["noisy"][0]):
-        raise AnalysisError("circuits compare clean and noisy examples: this run has no noisy ones")
-    results, summary = {}, {}
-    for name, (ex, corrupt, metric) in groups.items():
-        results[name] = edge_attribution(run.model, ex.tokens, corrupt, metric)
-        summary[name] = {"n": len(ex), "metric_clean": results[name].metric_clean,
-                         "metric_corrupt": results[name].metric_corrupt}
-    n_edges = int(results["clean"].graph.edges.sum())
-    k = max(5, round(0.1 * n_edges))
-    summary["overlap"] = overlap(results["clean"], results["noisy"], k, seed=run.config.seed)
-    for name, (ex, corrupt, metric) in groups.items():
-        summary[name]["faithfulness"] = faithfulness(run.model, ex.tokens, corrupt, results[name].top(k), metric)
-        summary[name]["faithfulness_by_share"] = {
-            str(share): faithfulness(run.model, ex.tokens, corrupt,
-                                     results[name].top(max(1, round(share * n_edges))), metric)
-            for share in (0.1, 0.25, 0.5, 0.75)}
-        summary[name]["top_edges"] = results[name].to_frame().head(k).to_dict(orient="records")
-        summary[name]["top_components"] = results[name].node_scores().head(10).round(6).to_dict()
-    return CircuitAnalysis(results["clean"], results["noisy"], summary)
+    clean, noisy = group(run, "train_clean", n), group(run, "train_noisy", n)
+    if not len(noisy) or not len(clean):
+        raise AnalysisError("circuits compare clean and noisy examples: this run lacks one of them")
+    return circuit_study(run.model, clean, noisy, seed=run.config.seed, n_examples=min(n, len(clean), len(noisy)))
 
 
 ANALYSES: dict[str, Callable] = {
@@ -286,6 +209,7 @@ def applicable(task) -> list[str]:
     return [name for name in ANALYSES if applies(name, task)]
 def _renderers() -> dict[str, Callable]:
     from memlens.analysis.behaviour import BehaviourResult
+    from memlens.analysis.circuit_study import CircuitStudyResult
     from memlens.analysis.dependence import render_dependence
     from memlens.analysis.encoding import EncodingResult
     from memlens.analysis.fourier import FourierResult
@@ -298,7 +222,7 @@ def _renderers() -> dict[str, Callable]:
             "probes": ProbeStudyResult.render, "patching": render_dependence,
             "interventions": render_interventions, "encoding": EncodingResult.render,
             "neurons": NeuronStudyResult.render, "fourier": FourierResult.render,
-            "circuits": CircuitAnalysis.render}
+            "circuits": CircuitStudyResult.render}
 
 
 RENDERERS: dict[str, Callable] = _renderers()
