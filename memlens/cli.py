@@ -16,7 +16,8 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from memlens.config import ConfigError, parse_sets
 from memlens.presets import DEFAULT_PRESET, PRESET_NAMES

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from typing import Any, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -56,7 +57,7 @@ def require_number(
     require(ok, field, value, allowed)
 
 
-def require_choice(value: Any, field: str, choices: typing.Iterable[Any]) -> None:
+def require_choice(value: Any, field: str, choices: Iterable[Any]) -> None:
     """Refuse a value that is not one of ``choices``."""
     choices = list(choices)
     require(value in choices, field, value, "one of " + ", ".join(repr(c) for c in choices))

@@ -89,7 +89,7 @@ class SplitView(HookedRootModule):
             return F.layer_norm(x, x.shape[-1:], w[f"{prefix}.w"], w[f"{prefix}.b"], eps=self.cfg.eps)
         return F.layer_norm(x, x.shape[-1:], None, None, eps=self.cfg.eps)  # LNPre
 
-    def forward(self, tokens: Tensor, return_type: str = "logits") -> Tensor | None:
+    def forward(self, tokens: Tensor, return_type: str | None = "logits") -> Tensor | None:
         from memlens.backend import canonical_params
 
         cfg = self.cfg

@@ -61,7 +61,7 @@ def passes(value: float, threshold: float, direction: str) -> bool:
             "<=": value <= threshold, "<": value < threshold}[direction]
 
 
-def verdict(ci95: Sequence[float], threshold: float, direction: str) -> str:
+def verdict(ci95: Sequence[float | int], threshold: float | int, direction: str) -> str:
     """``holds`` when the whole interval passes the threshold, ``does not hold`` when none of
     it does, ``inconclusive`` otherwise.
 

@@ -101,8 +101,8 @@ def fake_run(tmp_path, name, task, result) -> RunData:
     """A run directory holding just what claims 4-5 read, past the stage gate."""
     run = tmp_path / name
     (run / "analysis").mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"run": {"task": "fda", "task_config": vars(task.config)
-                                                         | {}, "train": {}}}))
+    header = {"task": "fda", "task_config": vars(task.config), "model": {}, "train": {}, "seed": 0}
+    (run / "config.json").write_text(json.dumps({"run": header}))
     (run / "summary.json").write_text(json.dumps({"final_metrics": {"test_acc": 1.0,
                                                                     "noisy_memorized_acc": 1.0}}))
     (run / "analysis" / "patching.json").write_text(json.dumps(to_jsonable(result.to_json())))

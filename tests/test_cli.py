@@ -38,7 +38,7 @@ def test_fda_export_digits_as_tokens(tmp_path):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["data", "fda", "--noise-rate", "1.0"], "noise_rate=1.0"),
+    (["data", "fda", "--noise-rate", "1.5"], "noise_rate=1.5"),
     (["data", "fda", "--set", "task.n_digits=0"], "n_digits=0"),
     (["data", "fda", "--set", "model.d_model=4"], "takes task.FIELD only"),
     (["data", "fda", "--set", "n_digits"], "expected SECTION.FIELD=VALUE"),
@@ -65,3 +65,31 @@ def test_analyze_bad_input(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["analyze", str(tmp_path), "--only", "logit_lens,vibes"]) == 2
     assert "unknown analysis ['vibes']" in capsys.readouterr().err
+
+
+def test_a_config_without_its_run_section_and_a_truncated_checkpoint_are_one_line(tmp_path, capsys):
+    from memlens import make_run_config, train
+
+    run = tmp_path / "run"
+    train(make_run_config("fda", "tiny", 0, {"train.steps": 5}), run, progress=False)
+    good = (run / "config.json").read_text()
+    (run / "config.json").write_text(json.dumps({"dataset_hash": "x"}))
+    assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert "config.json lacks its run section" in err and "Traceback" not in err
+    assert not (tmp_path / "r.html").exists()
+    (run / "config.json").write_text(good)
+    final = run / "final.safetensors"
+    final.write_bytes(final.read_bytes()[:100])
+    assert main(["analyze", str(run), "--only", "behaviour"]) == 2
+    err = capsys.readouterr().err
+    assert "final.safetensors is truncated or unreadable" in err and "Traceback" not in err
+
+
+def test_an_analysis_that_does_not_apply_names_the_ones_that_do(tmp_path, capsys):
+    from memlens import make_run_config, train
+
+    run = tmp_path / "run"
+    train(make_run_config("fda", "tiny", 0, {"train.steps": 5}), run, progress=False)
+    assert main(["analyze", str(run), "--only", "fourier"]) == 2
+    assert "fourier do(es) not apply to the fda task" in capsys.readouterr().err

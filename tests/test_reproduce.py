@@ -10,7 +10,9 @@ from memlens.training import make_run_config, train
 from memlens.training.run import RunDirError
 
 QUICK = ["train.steps=40"]
-VERDICTS = {"holds", "does not hold", "not measured"}
+VERDICTS = {"holds", "does not hold", "inconclusive", "not measured"}
+ROW_KEYS = {"claim", "part", "task", "role", "statistic", "per_seed", "mean", "ci95", "threshold",
+            "direction", "units", "verdict", "why", "n_seeds", "n_units", "control", "reference"}
 
 
 def test_plan_refuses_bad_input_before_any_work(tmp_path):
@@ -20,6 +22,8 @@ def test_plan_refuses_bad_input_before_any_work(tmp_path):
         plan("tiny", 0, tmp_path)
     with pytest.raises(ConfigError, match="tasks=.*'abc'"):
         plan("tiny", 1, tmp_path, tasks=("abc",))
+    with pytest.raises(ConfigError, match="baselines=3"):
+        plan("tiny", 2, tmp_path, baselines=3)
     (tmp_path / "fda-tiny-s0").mkdir()
     (tmp_path / "fda-tiny-s0" / "notes.txt").write_text("mine")
     with pytest.raises(RunDirError, match="not a memlens run directory"):
@@ -49,31 +53,46 @@ def test_reproduce_tiny_end_to_end_then_reuses_and_resumes(tmp_path):
         train(cfg, tmp_path / "fda-tiny-s1", progress=False, callback=stop)
     assert run_state(tmp_path / "fda-tiny-s1") == "unfinished"
 
-    result = reproduce("tiny", 2, tmp_path, jobs=2, tasks=("fda",), sets=QUICK, log=lambda _: None)
+    result = reproduce("tiny", 2, tmp_path, jobs=2, tasks=("fda",), sets=QUICK, baselines=1,
+                       reference=True, log=lambda _: None)
     states = {r["job"]: r["state_before"] for r in result["runs"]}
-    assert states == {"fda-tiny-s0": "new", "fda-tiny-s1": "unfinished"}
+    assert states == {"fda-tiny-s0": "new", "fda-tiny-s1": "unfinished", "fda-tiny-clean-s0": "new",
+                      "fda-tiny-memorizer-s0": "new"}
     assert all(r["ok"] for r in result["runs"])
     logged = (tmp_path / "logs" / "fda-tiny-s1.log").read_text()  # commands are logged
     assert "train fda --preset tiny --seed 1" in logged and "--resume" in logged
     assert "--resume" not in (tmp_path / "logs" / "fda-tiny-s0.log").read_text()
+    # the baseline and the reference are the same preset with noise 0 and 1
+    assert "--set task.noise_rate=0.0" in (tmp_path / "logs" / "fda-tiny-clean-s0.log").read_text()
+    assert "--set task.noise_rate=1.0" in (tmp_path / "logs" / "fda-tiny-memorizer-s0.log").read_text()
+    # seed 0 is analyzed against its noise-free pair (seed 1 has none); the reference with what
+    # claims 4-5 need
+    assert f"--baseline {tmp_path / 'fda-tiny-clean-s0'}" in (tmp_path / "logs" / "fda-tiny-s0.log").read_text()
+    assert "--baseline" not in logged
+    assert {p.stem for p in (tmp_path / "fda-tiny-memorizer-s0" / "analysis").glob("*.json")} == {
+        "behaviour", "logit_lens", "patching"}
     for seed in (0, 1):
         assert run_state(tmp_path / f"fda-tiny-s{seed}") == "finished"
-        assert len(list((tmp_path / f"fda-tiny-s{seed}" / "analysis").glob("*.json"))) == 7
+        assert len(list((tmp_path / f"fda-tiny-s{seed}" / "analysis").glob("*.json"))) == 8
 
     rows = json.loads((tmp_path / "claims.json").read_text())
-    assert [r["claim"] for r in rows] == [1, 2, 3, 4, 5, 6, 7]
+    assert sorted({r["claim"] for r in rows}) == [1, 2, 3, 4, 5, 6, 7]
     for r in rows:
-        assert set(r) == {"claim", "task", "statistic", "per_seed", "mean", "ci95", "threshold",
-                          "verdict", "why"}
+        assert ROW_KEYS <= set(r), sorted(ROW_KEYS - set(r))
         assert r["verdict"] in VERDICTS and r["task"] == "fda"
-    # Too small to memorize: claim 1 (ordering of two phases) cannot be measured; never faked.
-    assert rows[0]["verdict"] == "not measured" and rows[0]["mean"] is None
-    assert "| claim | task |" in (tmp_path / "claims.md").read_text()
+    # Too small to memorize: claim 1 (the order of two phases) cannot be measured; never faked.
+    one = [r for r in rows if r["claim"] == 1]
+    assert all(r["verdict"] == "not measured" and r["mean"] is None for r in one)
+    # the pure memorizer is shown beside the parts it is defined for
+    assert next(r for r in rows if r["claim"] == 2 and r["part"] == "a")["reference"] is not None
+    assert "| claim | task | verdict | parts |" in (tmp_path / "claims.md").read_text()
     assert (tmp_path / "report.html").stat().st_size > 100_000
+    assert json.loads((tmp_path / "reproduce.json").read_text())["verdicts"]
 
     final = tmp_path / "fda-tiny-s0" / "final.safetensors"
     before = final.stat().st_mtime_ns
-    again = reproduce("tiny", 2, tmp_path, tasks=("fda",), sets=QUICK, log=lambda _: None)
+    again = reproduce("tiny", 2, tmp_path, tasks=("fda",), sets=QUICK, baselines=1, reference=True,
+                      log=lambda _: None)
     assert {r["state_before"] for r in again["runs"]} == {"finished"}
     assert all(r["steps"] == [] for r in again["runs"])  # nothing trained or analyzed again
     assert final.stat().st_mtime_ns == before

@@ -210,7 +210,7 @@ def intermediate_dependence(model: Model, noisy: Examples, variable: str, column
     >>> res = intermediate_dependence(model, s["train_noisy"], "column_sum", 0,
     ...                               clean_select=s["train_clean"][:40])
     >>> sorted(res.site)
-    ['layer', 'position', 'score']
+    ['chosen_on', 'layer', 'position', 'score']
     """
     groups_in = {"noisy": noisy, "clean_select": clean_select, "clean_heldout": clean_heldout}
     groups_in = {k: v for k, v in groups_in.items() if v is not None}

@@ -85,7 +85,7 @@ def _known(name: str) -> None:
                           f"your own: register it, or name its module in {TASK_MODULES_ENV})")
 
 
-def task_config(name: str, preset: str | None = None, **overrides: Any) -> FDAConfig | THRConfig:
+def task_config(name: str, preset: str | None = None, **overrides: Any) -> Any:
     """The task config of a preset (or the defaults), with field overrides applied.
 
     >>> task_config("thr", preset="tiny", phi=2.0).phi

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 from memlens.io import atomic_path
 from memlens.tasks.base import Dataset

@@ -22,7 +22,8 @@ declarations it has; docs/own-task.md walks through one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch

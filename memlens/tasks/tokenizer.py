@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from torch import Tensor
 
 PAD, BOS, UNK = "<pad>", "<bos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, UNK)
@@ -69,14 +70,14 @@ class MemlensTokenizer:
             raise KeyError(f"unknown token(s) {unknown} for the {self.name} vocabulary")
         return ids
 
-    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+    def decode(self, ids: Sequence[int] | Tensor, skip_special: bool = True) -> str:
         """Ids to a space-joined string; special tokens are dropped unless asked for."""
         words = [self.vocab[int(i)] for i in ids]
         if skip_special:
             words = [w for w in words if w not in SPECIAL_TOKENS]
         return " ".join(words)
 
-    def to_str_tokens(self, ids: Sequence[int]) -> list[str]:
+    def to_str_tokens(self, ids: Sequence[int] | Tensor) -> list[str]:
         return [self.vocab[int(i)] for i in ids]
 
     def to_hf(self):

@@ -12,7 +12,7 @@ every teacher-forced argmax already matches the target.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import pandas as pd
 import torch

@@ -61,7 +61,7 @@ def analysis_figure(name: str, data: dict) -> go.Figure:
     >>> analysis_figure("nope", {})
     Traceback (most recent call last):
     ...
-    memlens.analysis.common.AnalysisError: no renderer for analysis 'nope'; known: ['behaviour', 'circuits', 'encoding', 'interventions', 'logit_lens', 'neurons', 'patching', 'probes']
+    memlens.analysis.common.AnalysisError: no renderer for analysis 'nope'; known: ['behaviour', ...]
     """
     from memlens.analysis.common import AnalysisError
     from memlens.analysis.runner import RENDERERS

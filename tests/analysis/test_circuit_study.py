@@ -177,7 +177,7 @@ def test_smallest_size_search_on_a_non_monotone_curve():
     (dict(positions="some"), "positions='some'"),
     (dict(seed=-1), "seed=-1"),
     (dict(n_blocks=0), "n_blocks=0"),
-    (dict(check_examples=1.5), "check_examples=1.5"),
+    (dict(check_examples=1), "check_examples=1"),
     (dict(noisy=lambda d: Examples(tokens=d.test[:20].tokens, answer_pos=d.test.answer_pos[:2],
                                    labels=d.test[:20].labels[:, :2], true_labels=d.test[:20].true_labels[:, :2],
                                    is_noisy=d.test[:20].is_noisy, task_name="fda")), "differ in layout"),

@@ -6,7 +6,6 @@ import torch
 from memlens import load_run, make_run_config, train
 from memlens.cli import main
 from memlens.config import ConfigError
-from memlens.training.checkpoint import CheckpointError
 from memlens.training.metrics import evaluate
 from memlens.training.run import RunDirError
 
@@ -104,7 +103,7 @@ def test_truncated_checkpoint_and_missing_files(tmp_path, fda_run):
     shutil.copytree(fda_run, copy)
     final = copy / "final.safetensors"
     final.write_bytes(final.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match="truncated or unreadable"):
+    with pytest.raises(RunDirError, match="truncated or unreadable"):
         load_run(copy)
     final.unlink()
     with pytest.raises(RunDirError, match="missing final.safetensors"):
@@ -121,7 +120,7 @@ def test_checkpoint_of_other_config_refused(tmp_path, fda_run):
     other = tmp_path / "other"
     train(tiny(**{"model.d_model": 32}), other, device="cpu", progress=False)
     shutil.copy(other / "final.safetensors", copy / "final.safetensors")
-    with pytest.raises(CheckpointError, match="another configuration"):
+    with pytest.raises(RunDirError, match="another configuration"):
         load_run(copy)
 
 

@@ -17,13 +17,15 @@ from memlens.viz.report import write_report
 def test_report_holds_every_analysis_claims_and_attention_offline(tiny_run, tmp_path):
     out = write_report([tiny_run], tmp_path / "report.html")
     page = out.read_text()
-    # dynamics, logit lens, probes, patching, encoding, neurons, circuits, neuron view
-    assert page.count('class="plotly-graph-div"') == 8
-    assert page.count("<h3>") == 10 and "interventions" in page  # 7 analyses, 3 model views
+    # dynamics, 8 analyses (behaviour, logit lens, probes, patching, interventions, encoding,
+    # neurons, circuits) and the neuron view
+    assert page.count('class="plotly-graph-div"') == 10
+    assert page.count("<h3>") == 12  # the claims' parts table, 8 analyses, 3 model views
     assert page.count("CircuitsVis.AttentionPatterns,") == 2 * 1  # a clean and a noisy example, 1 layer
     assert page.count("CircuitsVis.TextNeuronActivations,") == 2  # token-level neuron views, clean and noisy
     assert "Missing analyses" not in page
-    assert re.search(r"<td>1</td><td>fda</td>", page)  # the claims table
+    assert re.search(r"<td>1</td><td>fda</td>", page)  # the verdict per claim
+    assert re.search(r"<td>4a</td><td>fda</td><td>verdict</td>", page)  # and every part
     anchor = f"run-{tiny_run.name}"  # the contents link and the section it opens
     assert f'<a href="#{anchor}">' in page and f'<h2 id="{anchor}">' in page
     # Self-contained: no script or stylesheet is fetched from anywhere.
@@ -41,7 +43,7 @@ def test_missing_and_corrupted_results_say_how_to_produce_them(tiny_run, tmp_pat
     assert "Missing analyses" in page
     assert f"memlens analyze {copy} --only probes" in page
     assert "encoding.json is corrupted" in page and "--only encoding" in page
-    assert page.count('class="plotly-graph-div"') == 5
+    assert page.count('class="plotly-graph-div"') == 7
 
 
 def test_not_a_run_directory_is_refused_before_writing(tmp_path, capsys):
