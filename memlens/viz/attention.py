@@ -45,11 +45,11 @@ def render_view(component: str, props: dict, title: str, css_class: str) -> str:
     """One circuitsvis ``component`` (``AttentionPatterns``, ``TextNeuronActivations``...) with
     ``props``, under a heading, drawn by the bundle that :func:`bundle_script` loaded."""
     div = f"circuits-vis-{uuid.uuid4().hex[:12]}"
-    # In a notebook the bundle's script may run after this one: wait for it (10 s at most).
+    # In a notebook the bundle's script may run after this one: wait for it (5 s at most).
     return (f'<div class="{css_class}"><h4>{html.escape(title)}</h4><div id="{div}"></div></div>'
             f'<script type="module">(function draw(n) {{ if (window.CircuitsVis) {{ '
             f'window.CircuitsVis.render("{div}", window.CircuitsVis.{component}, {json.dumps(props)}); }} '
-            f'else if (n < 400) {{ setTimeout(function () {{ draw(n + 1); }}, 25); }} '
+            f'else if (n < 200) {{ setTimeout(function () {{ draw(n + 1); }}, 25); }} '
             f'else {{ document.getElementById("{div}").textContent = {json.dumps(MISSING_BUNDLE)}; }} }})(0);'
             "</script>")
 

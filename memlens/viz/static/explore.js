@@ -22,7 +22,7 @@
     var tries = 0;
     (function poll() {
       if (names.every(function (n) { return window[n]; })) { fn(); return; }
-      if (++tries < 400) { setTimeout(poll, 25); return; }
+      if (++tries < 200) { setTimeout(poll, 25); return; }
       if (where) {
         where.appendChild(el("p", { "class": "warn", text: "The views' JavaScript (" + names.join(", ") +
           ") is not loaded in this page: its first output was cleared or the page was reloaded. " +
