@@ -21,11 +21,11 @@ import torch
 from torch import Tensor
 
 from memlens import backend
-from memlens.analysis.common import AnalysisError, check_examples, model_device
+from memlens.analysis.common import (
+    AnalysisError, check_examples, check_layers, check_positions, model_device,
+)
 from memlens.analysis.counterfactuals import matched_counterfactuals
-from memlens.analysis.patching import run_with_patch
 from memlens.tasks.base import Examples
-from memlens.training.metrics import with_answer
 
 BLOCK = 256  # examples per counterfactual block (see the module docstring)
 
@@ -45,11 +45,19 @@ def greedy_answers(model, examples: Examples, batch: int = 1024) -> Tensor:
     out = []
     for start in range(0, len(examples), batch):
         part = examples[start:start + batch]
-        tokens = part.tokens.clone().to(device)
-        for slot, pos in enumerate(part.answer_pos.tolist()):
-            # Each slot sees the answer tokens the model itself wrote before it.
-            tokens[:, pos + 1] = model(tokens)[:, pos].argmax(-1)
-        out.append(tokens[:, part.answer_token_pos.to(device)].cpu())
+        tokens = part.tokens.to(device)
+        answer = part.labels.clone().to(device)
+        # Where the label is the argmax at every slot with the label teacher-forced, greedy
+        # decoding writes the label: only the other rows are decoded slot by slot.
+        forced = model(tokens)[:, part.answer_pos.to(device)].argmax(-1)
+        redo = (forced != answer).any(-1).nonzero().flatten()
+        if len(redo):
+            tokens = tokens[redo].clone()
+            for pos in part.answer_pos.tolist():
+                # Each slot sees the answer tokens the model itself wrote before it.
+                tokens[:, pos + 1] = model(tokens)[:, pos].argmax(-1)
+            answer[redo] = tokens[:, part.answer_token_pos.to(device)]
+        out.append(answer.cpu())
     return torch.cat(out) if out else torch.zeros(0, len(examples.answer_pos), dtype=torch.long)
 
 
@@ -186,13 +194,6 @@ class PatchOutcomes:
     logp: dict[str, Tensor]
 
 
-def _label_scores(logits: Tensor, examples: Examples) -> tuple[Tensor, Tensor]:
-    at = logits[:, examples.answer_pos.to(logits.device)].float().cpu()
-    recall = (at.argmax(-1) == examples.labels).all(-1)
-    logp = at.log_softmax(-1).gather(-1, examples.labels[..., None])[..., 0].sum(-1)
-    return recall, logp
-
-
 def _block_pairs(split: Examples, indices: list[int], name: str, column: int | None, seed: int):
     """Per requested index: (row in its block's matched pairs, those pairs), or None."""
     from memlens.tasks import task_for
@@ -219,48 +220,85 @@ def _block_pairs(split: Examples, indices: list[int], name: str, column: int | N
     return found
 
 
+def _sources(split: Examples, target: Examples, indices: list[int], found: dict) -> dict[str, Tensor]:
+    """Per kind, the counterfactual prompts with each example's own label teacher-forced (so
+    that source and target differ in the edited prompt tokens only); the example itself where
+    it has none."""
+    tokens = {k: target.tokens.clone() for k in ("change", "preserve")}
+    by_block: dict[int, tuple] = {}  # id(pairs) -> (pairs, positions in indices, rows in pairs)
+    for j, i in enumerate(indices):
+        if found[i] is not None:
+            r, pairs = found[i]
+            _, js, rows = by_block.setdefault(id(pairs), (pairs, [], []))
+            js.append(j)
+            rows.append(r)
+    for pairs, js, rows in by_block.values():
+        for kind in tokens:
+            source = getattr(pairs, kind).tokens[rows].clone()
+            source[:, split.answer_token_pos] = target.labels[js]
+            tokens[kind][js] = source
+    return tokens
+
+
+def _label_scores(logits: Tensor, examples: Examples) -> tuple[Tensor, Tensor]:
+    """Recall of the label (argmax at every slot) and its log-probability summed over slots."""
+    at = logits[:, examples.answer_pos.to(logits.device)].float().cpu()
+    recall = (at.argmax(-1) == examples.labels).all(-1)
+    return recall, at.log_softmax(-1).gather(-1, examples.labels[..., None])[..., 0].sum(-1)
+
+
 @torch.no_grad()
-def patch_outcomes(model, split: Examples, indices: list[int], name: str, column: int | None,
-                   site: dict, seed: int = 0) -> PatchOutcomes:
-    """Patch ``name[column]`` from each example's changing and preserving counterfactual into
-    its own run at ``site`` (``{"layer", "position"}``, ``resid_pre``), for examples ``indices``
-    of ``split`` (a whole split: counterfactuals are drawn per block, module docstring).
+def patch_outcomes(model, split: Examples, indices: list[int],
+                   sites: dict[tuple[str, int | None], dict], seed: int = 0) -> dict[str, PatchOutcomes]:
+    """Patch each intermediate ``(name, column)`` of ``sites`` from each example's changing and
+    preserving counterfactual into its own run at its site (``{"layer", "position"}``,
+    ``resid_pre``), for examples ``indices`` of ``split`` (a whole split: counterfactuals are
+    drawn per block, module docstring). Keyed by the intermediate's label (``column_sum[0]``).
+
+    The examples' own run is computed once; each patched run starts at the site's layer from it
+    (the same logits as :func:`~memlens.analysis.patching.run_with_patch`).
 
     >>> from memlens.tasks import make_task
     >>> from memlens.models import build_model, ModelConfig
     >>> task = make_task("fda", preset="tiny")
     >>> model = build_model(ModelConfig(n_layers=1, d_model=32, n_heads=2), task, seed=0)
     >>> test = task.generate(0).test
-    >>> out = patch_outcomes(model, test, [0, 1, 300], "column_sum", 0, {"layer": 0, "position": 5})
-    >>> out.valid.tolist(), tuple(out.tokens["change"].shape)
+    >>> out = patch_outcomes(model, test, [0, 1, 300], {("column_sum", 0): {"layer": 0, "position": 5}})
+    >>> out["column_sum[0]"].valid.tolist(), tuple(out["column_sum[0]"].tokens["change"].shape)
     ([True, True, True], (3, 10))
     """
+    from memlens.tasks import task_for
+
     if not indices:
         raise AnalysisError("no example indices given")
     bad = [i for i in indices if not 0 <= i < len(split)]
     if bad:
         raise AnalysisError(f"indices {bad} out of range: the split has 0..{len(split) - 1}")
-    found = _block_pairs(split, indices, name, column, seed)
-    valid = torch.tensor([found[i] is not None for i in indices], dtype=torch.bool)
+    layers = check_layers(model, [site["layer"] for site in sites.values()])
+    check_positions(split.tokens.shape[1], [site["position"] for site in sites.values()])
+    task, device = task_for(split), model_device(model)
     target = split[torch.tensor(indices, dtype=torch.long)]
-    base_recall, base_logp = _label_scores(model(target.tokens.to(model_device(model))), target)
-    tokens = {k: target.tokens.clone() for k in ("change", "preserve")}
-    for j, i in enumerate(indices):
-        if found[i] is not None:
-            r, pairs = found[i]
-            for kind in tokens:
-                # The counterfactual prompt with this example's own label teacher-forced, so that
-                # source and target differ in the edited prompt tokens only.
-                tokens[kind][j] = with_answer(getattr(pairs, kind)[r], target.labels[j:j + 1])[0]
-    recall, logp = {}, {}
-    for kind, source in tokens.items():
-        logits = run_with_patch(model, source, target.tokens, layer=site["layer"],
-                                positions=[site["position"]])
-        r, lp = _label_scores(logits, target)
-        recall[kind], logp[kind] = r & valid, torch.where(valid, lp, torch.zeros_like(lp))
-    from memlens.tasks import task_for
-
-    label = task_for(split).intermediate(name).label(column)
-    edited = next((p.edited_positions for p in (f[1] for f in found.values() if f)), [])
-    return PatchOutcomes(label, dict(site), list(edited), valid, base_recall, base_logp, tokens,
-                         recall, logp)
+    names = {f"blocks.{layer}.hook_resid_pre" for layer in layers}
+    logits, cache = model.run_with_cache(target.tokens.to(device), names_filter=lambda x: x in names)
+    base_recall, base_logp = _label_scores(logits, target)
+    outcomes = {}
+    for (name, column), site in sites.items():
+        found = _block_pairs(split, indices, name, column, seed)
+        valid = torch.tensor([found[i] is not None for i in indices], dtype=torch.bool)
+        tokens = _sources(split, target, indices, found)
+        layer, pos = site["layer"], site["position"]
+        # The sources' residual stream entering the site's layer, written into the examples'
+        # own at the site's position; the run goes on from that layer.
+        source = model(torch.cat([tokens["change"], tokens["preserve"]]).to(device), stop_at_layer=layer)
+        resid = cache[f"blocks.{layer}.hook_resid_pre"].repeat(2, 1, 1)
+        resid[:, pos] = source[:, pos]
+        recall, logp = _label_scores(backend.run_from_layer(model, resid, layer), Examples.concat([target] * 2))
+        n = len(indices)
+        edited = next((f[1].edited_positions for f in found.values() if f), [])
+        outcomes[task.intermediate(name).label(column)] = PatchOutcomes(
+            task.intermediate(name).label(column), {"layer": layer, "position": pos}, list(edited),
+            valid, base_recall, base_logp, tokens,
+            {k: recall[i * n:(i + 1) * n] & valid for i, k in enumerate(("change", "preserve"))},
+            {k: torch.where(valid, logp[i * n:(i + 1) * n], torch.zeros(n))
+             for i, k in enumerate(("change", "preserve"))})
+    return outcomes

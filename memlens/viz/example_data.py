@@ -193,9 +193,9 @@ def group_records(run, split: str, examples, indices: list[int], sites: dict[str
                 "patch": [],
             })
     by_index = {r["i"]: r for r in records}
-    for name, column in matched_entries(run.task):
-        label = run.task.intermediate(name).label(column)
-        out = patch_outcomes(model, examples, indices, name, column, sites[label], seed=run.config.seed)
+    entries = {(n, c): sites[run.task.intermediate(n).label(c)] for n, c in matched_entries(run.task)}
+    outcomes = patch_outcomes(model, examples, indices, entries, seed=run.config.seed) if entries else {}
+    for label, out in outcomes.items():
         if edited is not None and out.edited_positions:
             edited[label] = out.edited_positions
         for j, i in enumerate(indices):

@@ -78,32 +78,39 @@ def test_greedy_answers_are_what_the_model_writes(run):
 
 def test_an_examples_counterfactual_does_not_depend_on_the_others_asked_for(run):
     split = run.splits["train_clean"]
-    site = {"layer": 0, "position": 6}
-    alone = patch_outcomes(run.model, split, [3, BLOCK + 5], "column_sum", 0, site)
-    crowd = patch_outcomes(run.model, split, list(range(12)) + [BLOCK + 5], "column_sum", 0, site)
+    sites = {("column_sum", 0): {"layer": 0, "position": 6}}
+    alone = patch_outcomes(run.model, split, [3, BLOCK + 5], sites)["column_sum[0]"]
+    crowd = patch_outcomes(run.model, split, list(range(12)) + [BLOCK + 5], sites)["column_sum[0]"]
     for kind in ("change", "preserve"):
         assert torch.equal(alone.tokens[kind][0], crowd.tokens[kind][3])
         assert torch.equal(alone.tokens[kind][1], crowd.tokens[kind][12])
-    assert torch.equal(alone.logp["change"], crowd.logp["change"][[3, 12]])
+    assert torch.allclose(alone.logp["change"], crowd.logp["change"][[3, 12]], atol=1e-5)
 
 
-def test_patch_outcomes_equal_a_direct_patch_of_the_matched_counterfactual(run):
-    split = run.splits["train_noisy"]
-    site = {"layer": 0, "position": 7}
-    out = patch_outcomes(run.model, split, [4], "column_sum", 1, site, seed=run.config.seed)
-    pairs = matched_counterfactuals(split[:BLOCK], "column_sum", 1, seed=run.config.seed)
+@pytest.mark.parametrize("layer", [0, 1])
+def test_patch_outcomes_equal_run_with_patch_of_the_matched_counterfactual(layer):
+    task = make_task("fda", preset="tiny")
+    model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=2), task, seed=1)
+    split = task.generate(0).splits["train_noisy"]
+    sites = {("column_sum", 1): {"layer": layer, "position": 7}, ("carry", 1): {"layer": 1, "position": 6}}
+    outcomes = patch_outcomes(model, split, [4, 9], sites, seed=0)
+    out = outcomes["column_sum[1]"]
+    pairs = matched_counterfactuals(split[:BLOCK], "column_sum", 1, seed=0)
+    assert bool(pairs.valid[4]) and bool(out.valid[0]) and set(outcomes) == {"column_sum[1]", "carry[1]"}
     row = int(pairs.valid[:4].sum())  # example 4's row among the pairs
-    assert bool(pairs.valid[4]) and bool(out.valid[0])
     ex = split[4:5]
     for kind in ("change", "preserve"):
         source = with_answer(getattr(pairs, kind)[row], ex.labels)
-        assert torch.equal(out.tokens[kind], source)
-        logits = run_with_patch(run.model, source, ex.tokens, layer=0, positions=[7])[:, ex.answer_pos]
+        assert torch.equal(out.tokens[kind][:1], source)
+        logits = run_with_patch(model, source, ex.tokens, layer=layer, positions=[7])[:, ex.answer_pos].detach()
         logp = logits.log_softmax(-1).gather(-1, ex.labels[..., None]).sum()
         assert abs(float(out.logp[kind][0]) - float(logp)) < 1e-4
+        assert bool(out.recall[kind][0]) == bool((logits.argmax(-1) == ex.labels).all())
+    base = model(ex.tokens)[:, ex.answer_pos].log_softmax(-1).gather(-1, ex.labels[..., None]).sum().detach()
+    assert abs(float(out.base_logp[0]) - float(base)) < 1e-4
     # The edits touch the declared positions only, and the changing one changes column_sum[1].
     edited = (out.tokens["change"][0] != ex.tokens[0]).nonzero().flatten().tolist()
-    assert set(edited) <= set(out.edited_positions)
+    assert edited and set(edited) <= set(out.edited_positions)
     assert pairs.change.intermediates["column_sum"][row, 1] != ex.intermediates["column_sum"][0, 1]
 
 
