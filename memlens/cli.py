@@ -123,6 +123,9 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     size = path.stat().st_size / 1e6
     print(f"explore: {path} ({size:.1f} MB, {time.perf_counter() - start:.1f} s); open it offline, "
           "#example=noisy-17 selects an example")
+    if size > 20:
+        print(f"explore: the page is over 20 MB; a smaller --per-group keeps it lighter (each "
+              "example adds a few KB: docs/explore.md)")
     return 0
 
 

@@ -67,6 +67,7 @@
   function plot(div, traces, layout) {
     var base = { height: 340, margin: { t: 40, l: 55, r: 20, b: 60 }, legend: { orientation: "h", y: -0.25 } };
     Object.keys(layout).forEach(function (k) { base[k] = layout[k]; });
+    if (base.title) { base.title.x = 0; base.title.xanchor = "left"; base.title.font = { size: 14 }; }
     window.Plotly.newPlot(div, traces, base, { displaylogo: false, responsive: true });
   }
 
