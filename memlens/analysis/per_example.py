@@ -18,9 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from memlens import backend
+from memlens.backend import Model
 from memlens.analysis.common import (
     AnalysisError, check_examples, check_layers, check_positions, model_device,
 )
@@ -31,7 +33,7 @@ BLOCK = 256  # examples per counterfactual block (see the module docstring)
 
 
 @torch.no_grad()
-def greedy_answers(model, examples: Examples, batch: int = 1024) -> Tensor:
+def greedy_answers(model: Model, examples: Examples, batch: int = 1024) -> Int[Tensor, "n answer_len"]:
     """The answer the model writes itself, slot by slot (greedy decoding): ``(n, answer_len)``.
 
     >>> from memlens.tasks import make_task
@@ -62,9 +64,18 @@ def greedy_answers(model, examples: Examples, batch: int = 1024) -> Tensor:
 
 
 @torch.no_grad()
-def attention_patterns(model, examples: Examples) -> Tensor:
+def attention_patterns(model: Model, examples: Examples) -> Float[Tensor, "n layers heads pos pos"]:
     """Every layer's attention pattern of each example: ``(n, layers, heads, pos, pos)``, run with
-    the examples' labels teacher-forced (as trained)."""
+    the examples' labels teacher-forced (as trained).
+
+    >>> from memlens.tasks import make_task
+    >>> from memlens.models import build_model, ModelConfig
+    >>> task = make_task("fda", preset="tiny")
+    >>> model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=2), task, seed=0)
+    >>> pattern = attention_patterns(model, task.generate(0).test[:3])
+    >>> tuple(pattern.shape), bool(torch.allclose(pattern.sum(-1), torch.ones(3, 2, 2, 10)))
+    ((3, 2, 2, 10, 10), True)
+    """
     check_examples(model, examples)
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
     _, cache = model.run_with_cache(examples.tokens.to(model_device(model)), return_type=None,
@@ -97,7 +108,8 @@ class DirectAttribution:
 
 
 @torch.no_grad()
-def direct_logit_attribution(model, examples: Examples, targets: Tensor) -> DirectAttribution:
+def direct_logit_attribution(model: Model, examples: Examples,
+                             targets: Int[Tensor, "n answer_len k"]) -> DirectAttribution:
     """What each head, each MLP neuron, the embeddings and the biases write directly into the
     logit of ``targets`` (``(n, answer_len, k)`` token ids: e.g. the label and the true label) at
     each answer-predicting position, through the final LayerNorm.
@@ -160,15 +172,28 @@ def direct_logit_attribution(model, examples: Examples, targets: Tensor) -> Dire
 
 
 def matched_entries(task) -> list[tuple[str, int | None]]:
-    """The intermediates (name, column) that have both a changing and a preserving recipe."""
+    """The intermediates (name, column) that have both a changing and a preserving recipe.
+
+    >>> from memlens.tasks import make_task
+    >>> matched_entries(make_task("fda", preset="tiny"))
+    [('column_sum', 0), ('column_sum', 1), ('carry', 1), ('carry', 2)]
+    """
     change = task.entries(kind="change")
     return [e for e in task.entries(kind="preserve") if e in change]
 
 
-def default_site(model, task, name: str, column: int | None) -> dict:
+def default_site(model: Model, task, name: str, column: int | None) -> dict:
     """The site used where no ``patching.json`` site exists: the last layer's input
     (``resid_pre``) at the position that predicts the first answer token revealing the
-    intermediate (the last eligible position). A fixed rule: it never looks at the example."""
+    intermediate (the last eligible position). A fixed rule: it never looks at the example.
+
+    >>> from memlens.tasks import make_task
+    >>> from memlens.models import build_model, ModelConfig
+    >>> task = make_task("fda", preset="tiny")
+    >>> model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=2), task, seed=0)
+    >>> default_site(model, task, "carry", 1)
+    {'layer': 1, 'position': 6}
+    """
     return {"layer": model.cfg.n_layers - 1, "position": task.eligible_positions(name, column)[-1]}
 
 
@@ -248,7 +273,7 @@ def _label_scores(logits: Tensor, examples: Examples) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def patch_outcomes(model, split: Examples, indices: list[int],
+def patch_outcomes(model: Model, split: Examples, indices: list[int],
                    sites: dict[tuple[str, int | None], dict], seed: int = 0) -> dict[str, PatchOutcomes]:
     """Patch each intermediate ``(name, column)`` of ``sites`` from each example's changing and
     preserving counterfactual into its own run at its site (``{"layer", "position"}``,
@@ -292,7 +317,8 @@ def patch_outcomes(model, split: Examples, indices: list[int],
         source = model(torch.cat([tokens["change"], tokens["preserve"]]).to(device), stop_at_layer=layer)
         resid = cache[f"blocks.{layer}.hook_resid_pre"].repeat(2, 1, 1)
         resid[:, pos] = source[:, pos]
-        recall, logp = _label_scores(backend.run_from_layer(model, resid, layer), Examples.concat([target] * 2))
+        patched = backend.run_from_layer(model, resid, layer)
+        recall, logp = _label_scores(patched, Examples.concat([target] * 2))
         n = len(indices)
         edited = next((f[1].edited_positions for f in found.values() if f), [])
         outcomes[task.intermediate(name).label(column)] = PatchOutcomes(
