@@ -34,10 +34,10 @@ def split_of(group: str) -> str:
 
     >>> split_of("noisy"), split_of("test")
     ('train_noisy', 'test')
-    >>> split_of("dirty")
+    >>> split_of("dirty")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    memlens.analysis.common.AnalysisError: unknown group 'dirty': expected one of clean, noisy, test (or train_clean, train_noisy, test)
+    memlens.analysis.common.AnalysisError: unknown group 'dirty': expected one of clean, noisy, test ...
     """
     if group in GROUPS:
         return GROUPS[group]
@@ -48,6 +48,11 @@ def split_of(group: str) -> str:
 
 
 def short_group(split: str) -> str:
+    """The group name of a split, as in example ids.
+
+    >>> short_group("train_noisy"), short_group("test")
+    ('noisy', 'test')
+    """
     return {v: k for k, v in GROUPS.items()}[split]
 
 
@@ -56,10 +61,10 @@ def parse_example_ids(text: str | list[str] | None) -> list[tuple[str, int]]:
 
     >>> parse_example_ids("noisy-17, test-4")
     [('train_noisy', 17), ('test', 4)]
-    >>> parse_example_ids("noisy17")
+    >>> parse_example_ids("noisy17")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    memlens.analysis.common.AnalysisError: example id 'noisy17' is invalid: expected GROUP-INDEX with GROUP one of clean, noisy, test (e.g. noisy-17)
+    memlens.analysis.common.AnalysisError: example id 'noisy17' is invalid: expected GROUP-INDEX ...
     """
     if not text:
         return []
@@ -75,7 +80,14 @@ def parse_example_ids(text: str | list[str] | None) -> list[tuple[str, int]]:
 
 
 def check_index(splits: dict, split: str, index: int) -> None:
-    """Refuse an index outside the split, naming the valid range."""
+    """Refuse an index outside the split, naming the valid range.
+
+    >>> check_index({"test": [0] * 500}, "test", 499)
+    >>> check_index({"test": [0] * 500}, "test", 500)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    memlens.analysis.common.AnalysisError: index 500 is out of range for test ...: valid indices 0..499
+    """
     n = len(splits[split])
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
         raise AnalysisError(f"index {index!r} is invalid: expected an integer in 0..{n - 1}")
@@ -90,7 +102,22 @@ def patching_sites(run, rule: str = "auto") -> tuple[dict[str, dict], str]:
 
     ``rule``: ``patching`` (``RUN/analysis/patching.json``'s sites, required), ``default`` (the
     fixed rule of :func:`~memlens.analysis.per_example.default_site`), ``auto`` (the first when
-    the file exists, else the second)."""
+    the file exists, else the second).
+
+    >>> import tempfile
+    >>> from memlens.training import load_run, make_run_config, train
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> _ = train(make_run_config("fda", "tiny", 0, {"train.steps": 2}), f"{tmp.name}/run", progress=False)
+    >>> run = load_run(f"{tmp.name}/run")
+    >>> sites, note = patching_sites(run)  # no analysis/patching.json: the default rule
+    >>> sites["carry[1]"], note.startswith("default rule")
+    ({'layer': 0, 'position': 6}, True)
+    >>> patching_sites(run, "patching")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    memlens.analysis.common.AnalysisError: ...memlens analyze ... --only patching...
+    >>> tmp.cleanup()
+    """
     from memlens.analysis.per_example import default_site, matched_entries
     from memlens.analysis.runner import ANALYSIS_DIR, load_analysis
 
@@ -115,7 +142,7 @@ def patching_sites(run, rule: str = "auto") -> tuple[dict[str, dict], str]:
                    "examples the changing patch costs the most accuracy beyond the preserving one")
 
 
-def run_meta(run, splits: dict, sites: dict[str, dict], note: str) -> dict:
+def _run_meta(run, splits: dict, sites: dict[str, dict], note: str) -> dict:
     """What every example's panels share: vocabulary, layout, model shape, patching sites."""
     from memlens.analysis.common import resid_point_names
 
@@ -157,8 +184,8 @@ def _rounded(t: torch.Tensor) -> list:
     return np.round(t.numpy().astype(float), 2).tolist()
 
 
-def group_records(run, split: str, examples, indices: list[int], sites: dict[str, dict],
-                  top_neurons: int = 8, chunk: int = 256, edited: dict | None = None) -> list[dict]:
+def _group_records(run, split: str, examples, indices: list[int], sites: dict[str, dict],
+                   top_neurons: int = 8, chunk: int = 256, edited: dict | None = None) -> list[dict]:
     """The panels' data of examples ``indices`` of one split (``examples``), one dict per example;
     ``edited`` (if given) receives each intermediate's edited token positions."""
     from memlens.analysis.logit_lens import logit_lens
@@ -195,12 +222,15 @@ def group_records(run, split: str, examples, indices: list[int], sites: dict[str
     by_index = {r["i"]: r for r in records}
     entries = {(n, c): sites[run.task.intermediate(n).label(c)] for n, c in matched_entries(run.task)}
     outcomes = patch_outcomes(model, examples, indices, entries, seed=run.config.seed) if entries else {}
+    # 0: the task has no counterfactuals for this kind of example (THR: atomic facts); null: this
+    # example has none (no input that changes, or none that preserves, the intermediate).
+    patchable = run.task.analysis_mask(examples[torch.tensor(indices, dtype=torch.long)])
     for label, out in outcomes.items():
         if edited is not None and out.edited_positions:
             edited[label] = out.edited_positions
         for j, i in enumerate(indices):
             if not out.valid[j]:
-                by_index[i]["patch"].append(None)
+                by_index[i]["patch"].append(None if patchable[j] else 0)
                 continue
             edit = {k: out.tokens[k][j, out.edited_positions].tolist() for k in out.tokens}
             by_index[i]["patch"].append([
@@ -214,20 +244,32 @@ def group_records(run, split: str, examples, indices: list[int], sites: dict[str
 def explore_data(run, picks: list[tuple[str, int]], sites: str = "auto",
                  top_neurons: int = 8) -> dict:
     """``{"meta": ..., "examples": [...]}`` for ``picks`` (``(split, index)`` pairs) of a loaded
-    run; every pick is checked before any work. ``sites``: see :func:`patching_sites`."""
+    run; every pick is checked before any work. ``sites``: see :func:`patching_sites`.
+
+    >>> import tempfile
+    >>> from memlens.training import load_run, make_run_config, train
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> _ = train(make_run_config("fda", "tiny", 0, {"train.steps": 2}), f"{tmp.name}/run", progress=False)
+    >>> data = explore_data(load_run(f"{tmp.name}/run"), [("train_noisy", 17), ("test", 4)])
+    >>> [ex["id"] for ex in data["examples"]], data["meta"]["sizes"]
+    (['noisy-17', 'test-4'], {'clean': 1900, 'noisy': 100, 'test': 500})
+    >>> sorted(data["examples"][0])
+    ['attn', 'g', 'heads', 'i', 'id', 'l', 'lens', 'mlp', 'n', 'neurons', 'p', 'patch', 'rest', 't', 'y']
+    >>> tmp.cleanup()
+    """
     splits = run.splits  # a property that splits the dataset anew on every access
     for split, index in picks:
         split_of(split)
         check_index(splits, split, index)
     site_of, note = patching_sites(run, sites)
-    meta = run_meta(run, splits, site_of, note)
+    meta = _run_meta(run, splits, site_of, note)
     by_split: dict[str, list[int]] = {}
     for split, index in picks:
         if index not in by_split.setdefault(split, []):
             by_split[split].append(index)
     records, edited = {}, {}
     for split, indices in by_split.items():
-        for record in group_records(run, split, splits[split], indices, site_of, top_neurons, edited=edited):
+        for record in _group_records(run, split, splits[split], indices, site_of, top_neurons, edited=edited):
             records[record["id"]] = record
     for item in meta["patching"]:
         item["edited"] = edited.get(item["label"], [])

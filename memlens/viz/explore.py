@@ -19,7 +19,7 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pandas as pd
 import torch
@@ -55,7 +55,12 @@ def _json_script(data: dict, element_id: str) -> str:
 
 
 def page_html(data: dict, title: str) -> str:
-    """The explorer page around ``{"meta", "examples"}``: bundles inlined once, no network."""
+    """The explorer page around ``{"meta", "examples"}``: bundles inlined once, no network.
+
+    >>> page = page_html({"meta": {}, "examples": []}, "an empty explorer")
+    >>> page.count("var CircuitsVis"), page.count("window.Plotly = Plotly"), "startPage" in page
+    (1, 1, True)
+    """
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title>", f"<style>{static_text('explore.css')}</style>",
@@ -83,8 +88,15 @@ def write_explorer(run_dir: str | Path, out: str | Path = "explore.html", *,
     ``auto`` (``RUN/analysis/patching.json``'s sites if it exists, else the fixed default rule),
     ``patching`` (that file, required) or ``default``. Everything is checked before any work.
 
-    >>> write_explorer("runs/fda-small-s0", "fda.html", examples="noisy-17")  # doctest: +SKIP
-    PosixPath('fda.html')
+    >>> import tempfile
+    >>> from memlens.training import make_run_config, train
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> run_dir = train(make_run_config("fda", "tiny", 0, {"train.steps": 2}), f"{tmp.name}/run",
+    ...                 progress=False).run_dir
+    >>> page = write_explorer(run_dir, f"{tmp.name}/explore.html", per_group=2, examples="noisy-17")
+    >>> page.name, page.read_text().count('"id":"noisy-')
+    ('explore.html', 3)
+    >>> tmp.cleanup()
     """
     from memlens.training.run import load_run
     from memlens.viz.report import check_run_dirs
@@ -113,7 +125,24 @@ def write_explorer(run_dir: str | Path, out: str | Path = "explore.html", *,
 class ExampleView:
     """One example explained: the explorer's panels, displayed inline in Jupyter and VS Code
     (offline: :mod:`memlens.viz.notebook`). ``data``: the numbers shown (compact JSON, decoded by
-    :meth:`to_frame`); ``save(path)`` writes a standalone page of this example."""
+    :meth:`to_frame`); ``save(path)`` writes a standalone page of this example.
+
+    >>> import tempfile
+    >>> from memlens.training import load_run, make_run_config, train
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> _ = train(make_run_config("fda", "tiny", 0, {"train.steps": 2}), f"{tmp.name}/run", progress=False)
+    >>> view = explain(load_run(f"{tmp.name}/run"), "test", 4)
+    >>> view.summary().startswith("test-4: ")
+    True
+    >>> list(view.to_frame("heads").columns)
+    ['slot', 'layer', 'head', 'to_label', 'to_true_label']
+    >>> sorted(view.to_frame("lens")["target"].unique())  # test examples have no noisy label
+    ['true']
+    >>> page = view.save(f"{tmp.name}/test-4.html")
+    >>> page.read_text().count("var CircuitsVis")
+    1
+    >>> tmp.cleanup()
+    """
 
     def __init__(self, data: dict):
         self.data = data
@@ -154,7 +183,8 @@ class ExampleView:
     def to_frame(self, panel: str) -> pd.DataFrame:
         """The numbers of one panel: ``lens`` (probability per point, slot and target),
         ``heads`` (attribution per head and slot), ``neurons`` (the top neurons per slot) or
-        ``patching`` (per intermediate: recall and label log-probability before and after)."""
+        ``patching`` (per intermediate: recall and label log-probability before and after; a
+        ``note`` where it was not patched)."""
         meta, ex = self.meta, self.example
         if panel == "lens":
             rows = [{"point": p, "slot": s, "column": meta["slots"][s], "target": t, "prob": v / 1000}
@@ -163,20 +193,30 @@ class ExampleView:
         elif panel == "heads":
             h = meta["n_heads"]
             rows = [{"slot": s, "layer": k // h, "head": k % h, "to_label": a, "to_true_label": b}
-                    for s, (label, true) in enumerate(ex["heads"]) for k, (a, b) in enumerate(zip(label, true))]
+                    for s, (label, true) in enumerate(ex["heads"])
+                    for k, (a, b) in enumerate(zip(label, true))]
         elif panel == "neurons":
             rows = [{"slot": s, "layer": r[0], "neuron": r[1], "to_label": r[2], "to_true_label": r[3]}
                     for s, top in enumerate(ex["neurons"]) for r in top]
         elif panel == "patching":
             rows = [{"intermediate": item["label"], "layer": item["layer"], "position": item["position"],
-                     **({} if r is None else {"recall": r[0], "logp": r[1], "recall_change": r[2],
-                                              "logp_change": r[3], "recall_preserve": r[4],
-                                              "logp_preserve": r[5]})}
-                    for item, r in zip(meta["patching"], ex["patch"])]
+                     **_patch_row(r)} for item, r in zip(meta["patching"], ex["patch"])]
         else:
             raise AnalysisError(f"panel={panel!r} is invalid: expected one of "
                                 "['lens', 'heads', 'neurons', 'patching']")
         return pd.DataFrame(rows)
+
+
+PATCH_COLUMNS = ("recall", "logp", "recall_change", "logp_change", "recall_preserve", "logp_preserve")
+
+
+def _patch_row(r: list | int | None) -> dict:
+    """One intermediate's patching numbers (``example_data._group_records``): a list of them; 0
+    where the task has no counterfactuals for this kind of example (THR's atomic facts); None
+    where the recipes found none for this example."""
+    if r:
+        return dict(zip(PATCH_COLUMNS, r))
+    return {"note": "no counterfactual for this kind of example" if r == 0 else "no counterfactual found"}
 
 
 def explain(run, group: str, index: int, *, sites: str = "auto") -> ExampleView:
@@ -184,8 +224,21 @@ def explain(run, group: str, index: int, *, sites: str = "auto") -> ExampleView:
     (``train_noisy`` or ``noisy``, ``train_clean`` / ``clean``, ``test``) of ``run`` (a loaded
     :class:`~memlens.training.run.Run` or a run directory), displayed inline in a notebook.
 
-    >>> view = explain("runs/fda-small-s0", "train_noisy", 17)   # doctest: +SKIP
-    >>> view.to_frame("patching").head()                           # doctest: +SKIP
+    >>> import tempfile
+    >>> from memlens.training import load_run, make_run_config, train
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> _ = train(make_run_config("fda", "tiny", 0, {"train.steps": 2}), f"{tmp.name}/run", progress=False)
+    >>> run = load_run(f"{tmp.name}/run")
+    >>> view = explain(run, "train_noisy", 17)  # the last line of a notebook cell: drawn inline
+    >>> view.example["id"], list(view.to_frame("patching")["intermediate"])
+    ('noisy-17', ['column_sum[0]', 'column_sum[1]', 'carry[1]', 'carry[2]'])
+    >>> view._repr_html_().count("unpkg.com")
+    0
+    >>> explain(run, "train_noisy", 100)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    memlens.analysis.common.AnalysisError: index 100 is out of range for noisy ...: valid indices 0..99
+    >>> tmp.cleanup()
     """
     from memlens.training.run import Run, load_run
 

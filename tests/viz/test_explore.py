@@ -55,7 +55,8 @@ def test_direct_logit_attribution_adds_up_to_the_logits():
     assert dla.heads.shape == (16, 3, 3, 2, 2) and dla.neurons.shape == (16, 3, 3, 2, model.cfg.d_mlp)
 
 
-@pytest.mark.skipif(backend.BACKEND != "hooked", reason="ActivationCache.stack_head_results: HookedTransformer")
+@pytest.mark.skipif(backend.BACKEND != "hooked",
+                    reason="ActivationCache.stack_head_results: HookedTransformer")
 def test_head_attribution_equals_transformer_lens_own(run):
     """Per head: TransformerLens' stacked head results through the cached final LayerNorm scale."""
     model, ex = run.model, run.splits["train_noisy"][:6]
@@ -102,7 +103,8 @@ def test_patch_outcomes_equal_run_with_patch_of_the_matched_counterfactual(layer
     for kind in ("change", "preserve"):
         source = with_answer(getattr(pairs, kind)[row], ex.labels)
         assert torch.equal(out.tokens[kind][:1], source)
-        logits = run_with_patch(model, source, ex.tokens, layer=layer, positions=[7])[:, ex.answer_pos].detach()
+        patched = run_with_patch(model, source, ex.tokens, layer=layer, positions=[7])
+        logits = patched[:, ex.answer_pos].detach()
         logp = logits.log_softmax(-1).gather(-1, ex.labels[..., None]).sum()
         assert abs(float(out.logp[kind][0]) - float(logp)) < 1e-4
         assert bool(out.recall[kind][0]) == bool((logits.argmax(-1) == ex.labels).all())
@@ -126,8 +128,32 @@ def test_explain_shows_the_examples_numbers(run):
     last = lens[(lens["point"] == lens["point"].iloc[-1]) & (lens["target"] == "true")]
     expected = probs.gather(-1, noisy.true_labels[0][:, None])[:, 0]
     assert torch.allclose(torch.tensor(last.sort_values("slot")["prob"].values).float(), expected, atol=1e-3)
-    assert set(view.to_frame("patching")["intermediate"]) == {"column_sum[0]", "column_sum[1]", "carry[1]", "carry[2]"}
+    assert set(view.to_frame("patching")["intermediate"]) == {
+        "column_sum[0]", "column_sum[1]", "carry[1]", "carry[2]"}
     assert "noisy-3:" in repr(view) and view._repr_html_().count("var CircuitsVis") == 1
+
+
+def test_thr_tracks_the_bridge_and_says_which_examples_have_no_counterfactuals(thr_tiny, tmp_path):
+    from types import SimpleNamespace
+
+    from memlens.viz.example_data import explore_data
+    from memlens.viz.explore import ExampleView
+
+    task, model, data = thr_tiny
+    run = SimpleNamespace(path=tmp_path, model=model, task=task, splits=data.splits,
+                          config=SimpleNamespace(seed=0))
+    two_hop = task.analysis_mask(data.splits["train_clean"])
+    atomic, query = int((~two_hop).nonzero()[0]), int(two_hop.nonzero()[0])
+    out = explore_data(run, [("train_clean", atomic), ("train_clean", query)])
+    assert out["meta"]["targets"] == ["true", "noisy", "bridge"]
+    assert [p["label"] for p in out["meta"]["patching"]] == ["bridge_entity"]
+    first, second = out["examples"]
+    # Atomic facts get no counterfactuals (0), a two-hop query gets its numbers or none found (null).
+    assert first["patch"] == [0] and second["patch"][0] != 0
+    lens = ExampleView({"meta": out["meta"], "examples": [second]}).to_frame("lens")
+    assert "bridge" in set(lens["target"])
+    note = ExampleView({"meta": out["meta"], "examples": [first]}).to_frame("patching")["note"]
+    assert note.tolist() == ["no counterfactual for this kind of example"]
 
 
 # -- bad input -----------------------------------------------------------------------------------
@@ -160,7 +186,8 @@ def test_a_run_without_patching_sites_says_how_to_compute_them(tiny_run, tmp_pat
     # auto falls back to the fixed default rule and says so on the page.
     path = write_explorer(copy, out, per_group=2)
     meta = page_data(path)["meta"]
-    assert meta["site_note"].startswith("default rule") and f"memlens analyze {copy} --only patching" in meta["site_note"]
+    assert meta["site_note"].startswith("default rule")
+    assert f"memlens analyze {copy} --only patching" in meta["site_note"]
     assert [(p["layer"], p["position"]) for p in meta["patching"]] == [(0, 6), (0, 7), (0, 6), (0, 7)]
 
 
@@ -199,7 +226,8 @@ def test_headless_chromium_draws_the_explorer_and_notebook_views_offline(page, r
         # plotly drew the logit lens, the two attribution charts and the patching chart.
         assert len(re.findall(r'class="plot [a-z-]+ js-plotly-plot"', dom)) == 4
         lines = 2 if example.startswith("noisy") else 1  # the noisy label's curve: noisy examples only
-        assert dom.count('class="main-svg"') >= 8 and dom.count("trace scatter") == lines and "trace bars" in dom
+        assert dom.count('class="main-svg"') >= 8 and dom.count("trace scatter") == lines
+        assert "trace bars" in dom
         # circuitsvis drew the attention view of the (one) layer.
         views = re.findall(r'<div id="mx-attn-\d+">(.*?)</div></div></div></div>', dom, re.S)
         assert len(views) == 1 and "Head selector" in views[0] and len(views[0]) > 500
@@ -209,15 +237,17 @@ def test_headless_chromium_draws_the_explorer_and_notebook_views_offline(page, r
     vocab = run.task.tokenizer.vocab
     assert _cells(shown["noisy-3"], "label") == [vocab[i] for i in ex.labels[0]]
     assert _cells(shown["noisy-3"], "prediction") == [vocab[i] for i in greedy_answers(run.model, ex)[0]]
-    slot = re.findall(r"<button[^>]*>", re.search(r'<div class="slots">(.*?)</div>', shown["noisy-3"]).group(1)
-                      ).index('<button type="button" class="on">')
+    buttons = re.search(r'<div class="slots">(.*?)</div>', shown["noisy-3"]).group(1)
+    slot = re.findall(r"<button[^>]*>", buttons).index('<button type="button" class="on">')
     probs = run.model(ex.tokens)[0, ex.answer_pos[slot]].softmax(-1).detach()
-    last = re.search(r'<tr data-point="L0.post"><td>L0.post</td><td>([\d.]+)</td><td>([\d.]+)</td>', shown["noisy-3"])
+    last = re.search(r'<tr data-point="L0.post"><td>L0.post</td><td>([\d.]+)</td><td>([\d.]+)</td>',
+                     shown["noisy-3"])
     assert abs(float(last.group(1)) - float(probs[ex.true_labels[0, slot]])) < 1.5e-3
     assert abs(float(last.group(2)) - float(probs[ex.labels[0, slot]])) < 1.5e-3
     # Another fragment, another example: other tokens, no noisy-label curve.
     test = run.splits["test"][300]
-    assert _cells(shown["test-300"], "label") == [vocab[i] for i in test.labels[0]] != _cells(shown["noisy-3"], "label")
+    labels = _cells(shown["test-300"], "label")
+    assert labels == [vocab[i] for i in test.labels[0]] != _cells(shown["noisy-3"], "label")
     assert "noisy label</th>" not in shown["test-300"]
 
     # Notebook views as a kernel sends them: bundles in the first output only; both drawn.

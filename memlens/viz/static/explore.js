@@ -13,7 +13,9 @@
     Object.keys(attrs || {}).forEach(function (k) {
       if (k === "text") { node.textContent = attrs[k]; } else { node.setAttribute(k, attrs[k]); }
     });
-    (children || []).forEach(function (c) { node.appendChild(typeof c === "string" ? document.createTextNode(c) : c); });
+    (children || []).forEach(function (c) {
+      node.appendChild(typeof c === "string" ? document.createTextNode(c) : c);
+    });
     return node;
   }
 
@@ -65,7 +67,9 @@
   }
 
   function plot(div, traces, layout) {
-    var base = { height: 340, margin: { t: 40, l: 55, r: 20, b: 60 }, legend: { orientation: "h", y: -0.25 } };
+    var base = {
+      height: 340, margin: { t: 40, l: 55, r: 20, b: 60 }, legend: { orientation: "h", y: -0.25 }
+    };
     Object.keys(layout).forEach(function (k) { base[k] = layout[k]; });
     if (base.title) { base.title.x = 0; base.title.xanchor = "left"; base.title.font = { size: 14 }; }
     window.Plotly.newPlot(div, traces, base, { displaylogo: false, responsive: true });
@@ -94,7 +98,9 @@
     var status = E.status(ex);
     var good = status === "memorized" || status === "correct";
     var h = el("h2", {}, [el("span", { "class": "ex-id", text: ex.id })]);
-    h.appendChild(el("span", { "class": "badge" + (ex.n ? " noisy" : ""), text: ex.n ? "noisy label" : "clean label" }));
+    h.appendChild(el("span", {
+      "class": "badge" + (ex.n ? " noisy" : ""), text: ex.n ? "noisy label" : "clean label"
+    }));
     h.appendChild(el("span", { "class": "badge ex-status " + (good ? "good" : "bad"), text: status }));
     return h;
   }
@@ -135,13 +141,18 @@
       traces.push({ x: meta.points, y: y, mode: "lines+markers", name: targetName(t), type: "scatter" });
     });
     meta.points.forEach(function (p, i) {
-      rows.push({ attrs: { "data-point": p }, cells: [p].concat(traces.map(function (tr) { return fmt(tr.y[i], 3); })) });
+      var values = traces.map(function (tr) { return fmt(tr.y[i], 3); });
+      rows.push({ attrs: { "data-point": p }, cells: [p].concat(values) });
     });
     box.appendChild(el("details", {}, [el("summary", { text: "values" }),
       table(["point"].concat(traces.map(function (tr) { return tr.name; })), rows, "lens-values")]));
     box._draw = function () {
-      plot(div, traces, { title: { text: "Logit lens, slot " + slot + " (column " + meta.slots[slot] + "): probability by residual point" },
-        yaxis: { title: { text: "probability" }, range: [0, 1] }, xaxis: { title: { text: "residual stream point" } } });
+      plot(div, traces, {
+        title: { text: "Logit lens, slot " + slot + " (column " + meta.slots[slot] +
+          "): probability by residual point" },
+        yaxis: { title: { text: "probability" }, range: [0, 1] },
+        xaxis: { title: { text: "residual stream point" } }
+      });
     };
     return box;
   }
@@ -150,23 +161,29 @@
     var box = el("div", { "class": "attn" }), n = ex.t.length;
     var pattern = E.decodeAttention(ex.attn, meta.n_layers, meta.n_heads, n);
     // circuitsvis writes token strings as HTML: escape them so that <bos> shows.
-    var strs = toks(meta, ex.t).map(function (s) { return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;"); });
+    var strs = toks(meta, ex.t).map(function (s) {
+      return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+    });
     var views = [];
     for (var l = 0; l < meta.n_layers; l++) {
       var id = "mx-attn-" + (++uid);
       var labels = [];
       for (var h = 0; h < meta.n_heads; h++) { labels.push("L" + l + "H" + h); }
-      box.appendChild(el("div", { "class": "attention-view" }, [el("h4", { text: "layer " + l }), el("div", { id: id })]));
+      box.appendChild(el("div", { "class": "attention-view" },
+        [el("h4", { text: "layer " + l }), el("div", { id: id })]));
       views.push([id, { tokens: strs, attention: pattern[l], headLabels: labels }]);
     }
     box._draw = function () {
-      views.forEach(function (v) { window.CircuitsVis.render(v[0], window.CircuitsVis.AttentionPatterns, v[1]); });
+      views.forEach(function (v) {
+        window.CircuitsVis.render(v[0], window.CircuitsVis.AttentionPatterns, v[1]);
+      });
     };
     return box;
   }
 
   function attributionPanel(meta, ex, slot) {
-    var box = el("div", {}), heads = el("div", { "class": "plot dla-heads" }), neurons = el("div", { "class": "plot dla-neurons" });
+    var box = el("div", {}), heads = el("div", { "class": "plot dla-heads" });
+    var neurons = el("div", { "class": "plot dla-neurons" });
     var same = ex.l[slot] === ex.y[slot];
     var names = [], label = [], truth = [];
     for (var l = 0; l < meta.n_layers; l++) {
@@ -176,7 +193,9 @@
         truth.push(ex.heads[slot][1][l * meta.n_heads + h]);
       }
     }
-    for (l = 0; l < meta.n_layers; l++) { names.push("MLP" + l); label.push(ex.mlp[slot][0][l]); truth.push(ex.mlp[slot][1][l]); }
+    for (l = 0; l < meta.n_layers; l++) {
+      names.push("MLP" + l); label.push(ex.mlp[slot][0][l]); truth.push(ex.mlp[slot][1][l]);
+    }
     names.push("embed+biases"); label.push(ex.rest[slot][0]); truth.push(ex.rest[slot][1]);
     var lname = "to the label " + meta.vocab[ex.l[slot]] + (same ? " (= true label)" : "");
     var tname = "to the true label " + meta.vocab[ex.y[slot]];
@@ -185,17 +204,22 @@
     var top = ex.neurons[slot];
     var nx = top.map(function (r) { return "L" + r[0] + "N" + r[1]; });
     var ntraces = [{ type: "bar", x: nx, y: top.map(function (r) { return r[2]; }), name: lname }];
-    if (!same) { ntraces.push({ type: "bar", x: nx, y: top.map(function (r) { return r[3]; }), name: tname }); }
+    if (!same) {
+      ntraces.push({ type: "bar", x: nx, y: top.map(function (r) { return r[3]; }), name: tname });
+    }
     box.appendChild(heads);
     box.appendChild(neurons);
     box.appendChild(el("details", {}, [el("summary", { text: "values" }),
       table(["component", lname].concat(same ? [] : [tname]), names.map(function (n, i) {
-        return { attrs: { "data-component": n }, cells: [n, fmt(label[i], 2)].concat(same ? [] : [fmt(truth[i], 2)]) };
+        var cells = [n, fmt(label[i], 2)].concat(same ? [] : [fmt(truth[i], 2)]);
+        return { attrs: { "data-component": n }, cells: cells };
       }).concat(top.map(function (r, i) {
-        return { attrs: { "data-component": nx[i] }, cells: [nx[i], fmt(r[2], 2)].concat(same ? [] : [fmt(r[3], 2)]) };
+        var cells = [nx[i], fmt(r[2], 2)].concat(same ? [] : [fmt(r[3], 2)]);
+        return { attrs: { "data-component": nx[i] }, cells: cells };
       })), "dla-values")]));
     box._draw = function () {
-      plot(heads, traces, { barmode: "group", title: { text: "Direct logit attribution at slot " + slot + ": heads, MLP layers, the rest" },
+      plot(heads, traces, { barmode: "group",
+        title: { text: "Direct logit attribution at slot " + slot + ": heads, MLP layers, the rest" },
         yaxis: { title: { text: "logit" } } });
       plot(neurons, ntraces, { barmode: "group", title: { text: "Top MLP neurons at slot " + slot +
         (same ? " (by |attribution to the label|)" : " (by |to the label - to the true label|)") },
@@ -206,15 +230,21 @@
 
   function patchPanel(meta, ex) {
     var box = el("div", {}), div = el("div", { "class": "plot patch-plot" });
-    box.appendChild(el("p", { "class": "note", text: "Each intermediate's residual stream (resid_pre) is patched at one site from a " +
-      "counterfactual prompt that changes it, and from one that edits the same tokens but preserves it; the label " +
-      "stays teacher-forced. Recall: the label is still the argmax at every slot. Sites: " + meta.site_note + "." }));
+    box.appendChild(el("p", { "class": "note", text: "Each intermediate's residual stream (resid_pre) is " +
+      "patched at one site from a counterfactual prompt that changes it, and from one that edits the same " +
+      "tokens but preserves it; the label stays teacher-forced. Recall: the label is still the argmax at " +
+      "every slot. Sites: " + meta.site_note + "." }));
     var rows = [], names = [], dc = [], dp = [];
     meta.patching.forEach(function (item, k) {
       var r = ex.patch[k];
       var site = "L" + item.layer + " pos " + item.position;
       if (!r) {
-        rows.push({ attrs: { "data-intermediate": item.label }, cells: [item.label, site, "no counterfactual", "", "", "", "", ""] });
+        // 0: the task draws no counterfactuals for this kind of example; null: none was found.
+        var why = r === 0
+          ? "not patched: the task draws counterfactuals only for the kind of example that can carry noise"
+          : "no counterfactual: the recipes found no matched changing and preserving edit of this example";
+        rows.push({ attrs: { "data-intermediate": item.label },
+          cells: [item.label, site, { text: why, colspan: "6" }] });
         return;
       }
       // The counterfactual prompt, its edited tokens in brackets.
@@ -223,15 +253,20 @@
         item.edited.forEach(function (p, i) { t[p - 1] = "[" + meta.vocab[ids[i]] + "]"; });
         return t.join(" ");
       };
-      rows.push({ attrs: { "data-intermediate": item.label }, cells: [item.label, site, edit(r[6]), edit(r[7]),
-        r[0] + " \u2192 " + r[2] + " / " + r[4], fmt(r[1], 2), fmt(r[3] - r[1], 2), fmt(r[5] - r[1], 2)] });
+      rows.push({ attrs: { "data-intermediate": item.label }, cells: [item.label, site, edit(r[6]),
+        edit(r[7]), r[0] + " \u2192 " + r[2] + " / " + r[4], fmt(r[1], 2), fmt(r[3] - r[1], 2),
+        fmt(r[5] - r[1], 2)] });
       names.push(item.label); dc.push(r[3] - r[1]); dp.push(r[5] - r[1]);
     });
-    box.appendChild(table(["intermediate", "site", "changing edit", "preserving edit", "recall: base \u2192 change / preserve",
-      "log p(label)", "\u0394 change", "\u0394 preserve"], rows, "patch-values"));
+    box.appendChild(table(["intermediate", "site", "changing edit", "preserving edit",
+      "recall: base \u2192 change / preserve", "log p(label)", "\u0394 change", "\u0394 preserve"], rows,
+      "patch-values"));
     box.appendChild(div);
     box._draw = function () {
-      if (!names.length) { div.textContent = "No intermediate has a counterfactual for this example."; return; }
+      if (!names.length) {
+        div.textContent = "No intermediate has a counterfactual for this example.";
+        return;
+      }
       plot(div, [{ type: "bar", x: names, y: dc, name: "changing counterfactual" },
                  { type: "bar", x: names, y: dp, name: "preserving counterfactual" }],
         { barmode: "group", title: { text: "Change in log p(label) when each intermediate is patched" },
@@ -254,16 +289,20 @@
     var current = defaultSlot(ex);
     function drawSlot(s) {
       current = s;
-      Array.prototype.forEach.call(slotBox.querySelectorAll("button"), function (b, i) { b.className = i === s ? "on" : ""; });
+      Array.prototype.forEach.call(slotBox.querySelectorAll("button"), function (b, i) {
+        b.className = i === s ? "on" : "";
+      });
       slotPanels.innerHTML = "";
       var lens = lensPanel(meta, ex, s), dla = attributionPanel(meta, ex, s);
       slotPanels.appendChild(el("h3", { text: "Logit lens" }));
-      slotPanels.appendChild(el("p", { "class": "note", text: "Each residual-stream point decoded with the final LayerNorm " +
-        "and unembedding: where the true answer forms and where the noisy label takes over." }));
+      slotPanels.appendChild(el("p", { "class": "note", text: "Each residual-stream point decoded with the " +
+        "final LayerNorm and unembedding: where the true answer forms and where the noisy label takes " +
+        "over." }));
       slotPanels.appendChild(lens);
       slotPanels.appendChild(el("h3", { text: "Direct logit attribution" }));
-      slotPanels.appendChild(el("p", { "class": "note", text: "What each head, each MLP layer and its top neurons write " +
-        "directly into the logit of the label and of the true label (through the final LayerNorm's scale)." }));
+      slotPanels.appendChild(el("p", { "class": "note", text: "What each head, each MLP layer and its top " +
+        "neurons write directly into the logit of the label and of the true label (through the final " +
+        "LayerNorm's scale)." }));
       slotPanels.appendChild(dla);
       lens._draw(); dla._draw();
     }
@@ -288,7 +327,9 @@
   E.renderInto = function (id) {
     var root = document.getElementById(id);
     var data = JSON.parse(document.getElementById(id + "-data").textContent);
-    E.whenReady(["Plotly", "CircuitsVis"], function () { E.renderExample(root, data.meta, data.examples[0]); }, root);
+    E.whenReady(["Plotly", "CircuitsVis"], function () {
+      E.renderExample(root, data.meta, data.examples[0]);
+    }, root);
   };
 
   var FILTERS = {
@@ -304,9 +345,14 @@
   // The page: a searchable, filterable list; #example=noisy-17 selects an example.
   E.startPage = function (root, data) {
     var meta = data.meta, byId = {};
-    data.examples.forEach(function (ex) { ex._text = E.promptText(meta, ex) + " " + toks(meta, ex.l).join(" "); byId[ex.id] = ex; });
+    data.examples.forEach(function (ex) {
+      ex._text = E.promptText(meta, ex) + " " + toks(meta, ex.l).join(" ");
+      byId[ex.id] = ex;
+    });
     var search = el("input", { type: "search", placeholder: "index (17, noisy-17) or tokens (3 4 +)" });
-    var filter = el("select", {}, Object.keys(FILTERS).map(function (k) { return el("option", { value: k, text: k }); }));
+    var filter = el("select", {}, Object.keys(FILTERS).map(function (k) {
+      return el("option", { value: k, text: k });
+    }));
     var count = el("div", { "class": "note" }), list = el("div", { "class": "mx-list" });
     var main = el("div", { "class": "mx-main" });
     var sizes = Object.keys(meta.sizes).map(function (g) {
@@ -315,7 +361,8 @@
     }).join(", ");
     var side = el("div", { "class": "mx-side" }, [el("h2", { text: "memlens explore" }),
       el("p", { "class": "note", text: meta.run + " (" + meta.task + "). Examples on this page: " + sizes +
-        ". Others: `memlens explore RUN --examples noisy-17` or memlens.explain(run, \"train_noisy\", 17)." }),
+        ". Others: `memlens explore RUN --examples noisy-17` or " +
+        "memlens.explain(run, \"train_noisy\", 17)." }),
       search, filter, count, list]);
     root.classList.add("mx", "mx-page");
     root.appendChild(side);
@@ -332,7 +379,8 @@
       list.innerHTML = "";
       var shown = data.examples.filter(function (ex) { return keep(ex) && matches(ex, q); });
       shown.forEach(function (ex) {
-        var a = el("a", { href: "#example=" + ex.id, "data-id": ex.id, text: ex.id + "  " + ex._text + "  (" + E.status(ex) + ")" });
+        var a = el("a", { href: "#example=" + ex.id, "data-id": ex.id,
+          text: ex.id + "  " + ex._text + "  (" + E.status(ex) + ")" });
         if (ex.id === selected) { a.className = "on"; }
         list.appendChild(a);
       });
@@ -345,12 +393,15 @@
       var id = m ? m[1] : first && first.id;
       if (!byId[id]) {
         main.innerHTML = "";
-        main.appendChild(el("p", { "class": "warn", text: id + " is not on this page (it holds the first examples of each group " +
-          "and any given with --examples): run `memlens explore RUN --examples " + id + "`." }));
+        main.appendChild(el("p", { "class": "warn", text: id + " is not on this page (it holds the first " +
+          "examples of each group and any given with --examples): run `memlens explore RUN --examples " +
+          id + "`." }));
         return;
       }
       selected = id;
-      Array.prototype.forEach.call(list.querySelectorAll("a"), function (a) { a.className = a.getAttribute("data-id") === id ? "on" : ""; });
+      Array.prototype.forEach.call(list.querySelectorAll("a"), function (a) {
+        a.className = a.getAttribute("data-id") === id ? "on" : "";
+      });
       E.whenReady(["Plotly", "CircuitsVis"], function () { E.renderExample(main, meta, byId[id]); }, main);
     }
     search.addEventListener("input", fill);
