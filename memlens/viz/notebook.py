@@ -21,7 +21,12 @@ _SENT: set[str] = set()  # bundles already sent to this kernel's page
 
 @lru_cache(maxsize=None)
 def plotly_script() -> str:
-    """plotly.js inlined in a ``<script>`` that publishes ``window.Plotly``."""
+    """plotly.js inlined in a ``<script>`` that publishes ``window.Plotly``.
+
+    >>> script = plotly_script()
+    >>> script.count("window.Plotly = Plotly"), "cdn.plot.ly/plotly" in script
+    (1, False)
+    """
     from plotly.offline import get_plotlyjs
 
     return ('<script type="text/javascript">window.PlotlyConfig = {MathJaxConfig: "local"};</script>\n'
@@ -30,6 +35,12 @@ def plotly_script() -> str:
 
 @lru_cache(maxsize=None)
 def circuitsvis_script() -> str:
+    """The circuitsvis bundle inlined in a ``<script>`` that publishes ``window.CircuitsVis``.
+
+    >>> script = circuitsvis_script()
+    >>> script.count("var CircuitsVis"), "window.CircuitsVis = CircuitsVis" in script, "unpkg.com" in script
+    (1, True, False)
+    """
     from memlens.viz.attention import bundle_script
 
     return bundle_script()
@@ -40,12 +51,20 @@ BUNDLES = {"plotly": plotly_script, "circuitsvis": circuitsvis_script}
 
 @lru_cache(maxsize=None)
 def static_text(name: str) -> str:
-    """A file of ``memlens/viz/static`` (the explorer's JavaScript and CSS)."""
+    """A file of ``memlens/viz/static`` (the explorer's JavaScript and CSS).
+
+    >>> "window.MemlensExplore" in static_text("explore.js")
+    True
+    """
     return resources.files("memlens.viz").joinpath("static", name).read_text(encoding="utf-8")
 
 
 def in_kernel() -> bool:
-    """True inside a Jupyter kernel (an IPython shell with a kernel attached)."""
+    """True inside a Jupyter kernel (an IPython shell with a kernel attached).
+
+    >>> in_kernel()  # a script, or pytest
+    False
+    """
     try:
         from IPython import get_ipython
     except ImportError:
@@ -81,7 +100,12 @@ def bundles_html(names: tuple[str, ...] | list[str], once: bool = True) -> str:
 
 
 def reset() -> None:
-    """Forget which bundles this kernel sent: the next view inlines them again."""
+    """Forget which bundles this kernel sent: the next view inlines them again.
+
+    >>> reset()
+    >>> sorted(_SENT)
+    []
+    """
     _SENT.clear()
 
 
