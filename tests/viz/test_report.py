@@ -61,11 +61,12 @@ def chromium() -> str | None:
 
 def dump_dom(page: Path, tmp_path: Path, fragment: str = "") -> str:
     """The DOM after headless Chromium ran the page's scripts (opened at ``#fragment`` if
-    given), with every proxy pointing nowhere."""
+    given), with the network unreachable: every proxy points nowhere and no host name resolves."""
     profile = tmp_path / f"profile-{page.stem}-{fragment}"
     url = Path(page).resolve().as_uri() + (f"#{fragment}" if fragment else "")
     cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}",
+           "--proxy-server=http://127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND",
            "--virtual-time-budget=10000", "--dump-dom", url]
     env = {**os.environ, "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env).stdout
