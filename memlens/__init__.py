@@ -15,7 +15,9 @@ Tasks, training and analyses on TransformerLens models (``HookedTransformer`` on
   :func:`neuron_patching`, :func:`neuron_study`, :func:`fourier_neurons`,
   :func:`edge_attribution`, :func:`faithfulness`;
 * run level: :func:`analyze_run`, :func:`load_analysis`, :func:`write_report`,
-  :func:`score_run_dirs`, :func:`claim_verdicts`, :func:`reproduce`.
+  :func:`score_run_dirs`, :func:`claim_verdicts`, :func:`reproduce`;
+* one example at a time: :func:`explain` (its panels inline in a notebook; ``memlens explore``
+  writes them for many examples into one offline page).
 """
 
 from memlens.analysis import (
@@ -29,6 +31,7 @@ from memlens.claims import claim_verdicts, score_run_dirs
 from memlens.reproduce import reproduce
 from memlens.tasks import Dataset, Examples, Intermediate, TaskBase, make_task, register_task
 from memlens.training import Run, load_run, make_run_config, phase_summary, train
+from memlens.viz.explore import explain
 from memlens.viz.report import write_report
 
 __version__ = "0.2.0"
@@ -45,5 +48,7 @@ __all__ = [
     "patch_intermediate", "probe_study", "run_with_patch", "score_outliers",
     # run level
     "analyze_run", "claim_verdicts", "load_analysis", "reproduce", "score_run_dirs", "write_report",
+    # one example at a time
+    "explain",
     "__version__",
 ]

@@ -4,6 +4,7 @@
     memlens train TASK [--preset P] [--seed N] [--noise-rate R] [--out DIR] [--resume] ...
     memlens analyze RUN_DIR [--only NAME,...]
     memlens report RUN_DIR [RUN_DIR ...] [--out report.html]
+    memlens explore RUN_DIR [--out explore.html] [--per-group N] [--examples noisy-17,...]
     memlens claims RUN_DIR [RUN_DIR ...] [--only N,...] [--out DIR]
     memlens reproduce [--preset P] [--seeds K] [--out DIR] [--jobs N]
 """
@@ -108,6 +109,27 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explore(args: argparse.Namespace) -> int:
+    from memlens.analysis.common import AnalysisError
+    from memlens.training.run import RunDirError
+    from memlens.viz.explore import write_explorer
+
+    start = time.perf_counter()
+    try:
+        path = write_explorer(args.run_dir, args.out, per_group=args.per_group,
+                              examples=args.examples, sites=args.sites, log=print)
+    except (AnalysisError, RunDirError) as err:
+        print(f"memlens explore: error: {err}", file=sys.stderr)
+        return 2
+    size = path.stat().st_size / 1e6
+    print(f"explore: {path} ({size:.1f} MB, {time.perf_counter() - start:.1f} s); open it offline, "
+          "#example=noisy-17 selects an example")
+    if size > 20:
+        print(f"explore: the page is over 20 MB; a smaller --per-group keeps it lighter (each "
+              "example adds a few KB: docs/explore.md)")
+    return 0
+
+
 def _cmd_claims(args: argparse.Namespace) -> int:
     from memlens.claims import parse_claims, to_markdown
     from memlens.io import atomic_write_json, atomic_write_text
@@ -188,6 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default="report.html", help="the HTML file (default report.html)")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("explore", help="write one offline HTML page to explore single examples "
+                                       "(tokens, logit lens, attention, attribution, patching)")
+    p.add_argument("run_dir", help="a directory written by `memlens train`")
+    p.add_argument("--out", default="explore.html", help="the HTML file (default explore.html)")
+    p.add_argument("--per-group", type=int, default=200, metavar="N",
+                   help="the first N examples of each group (clean, noisy, test) on the page (default 200)")
+    p.add_argument("--examples", default=None, metavar="ID,...",
+                   help="more examples to include, e.g. noisy-317,test-4")
+    p.add_argument("--sites", default="auto", choices=("auto", "patching", "default"),
+                   help="patching sites: RUN/analysis/patching.json's (patching), the fixed default "
+                        "rule (default), or the first when present (auto)")
+    p.set_defaults(func=_cmd_explore)
 
     p = sub.add_parser("claims", help="score the paper's claims on existing run directories "
                                       "(seeds of a task together; a pure-memorizer reference "

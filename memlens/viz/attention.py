@@ -18,6 +18,7 @@ import torch
 from memlens.analysis.common import model_device
 from memlens.io import atomic_write_text
 from memlens.tasks.base import Examples
+from memlens.viz.notebook import ViewHTML
 
 
 def _bundle() -> str:
@@ -36,30 +37,38 @@ def bundle_script() -> str:
     return '<script type="module">' + _bundle() + "\nwindow.CircuitsVis = CircuitsVis;\n</script>"
 
 
+MISSING_BUNDLE = ("The circuitsvis bundle is not loaded in this page: the output that carried it was "
+                  "cleared or the page was reloaded. Run memlens.viz.notebook.reset() and rerun this cell.")
+
+
 def render_view(component: str, props: dict, title: str, css_class: str) -> str:
     """One circuitsvis ``component`` (``AttentionPatterns``, ``TextNeuronActivations``...) with
     ``props``, under a heading, drawn by the bundle that :func:`bundle_script` loaded."""
     div = f"circuits-vis-{uuid.uuid4().hex[:12]}"
+    # In a notebook the bundle's script may run after this one: wait for it (5 s at most).
     return (f'<div class="{css_class}"><h4>{html.escape(title)}</h4><div id="{div}"></div></div>'
-            f'<script type="module">window.CircuitsVis.render("{div}", '
-            f"window.CircuitsVis.{component}, {json.dumps(props)});</script>")
+            f'<script type="module">(function draw(n) {{ if (window.CircuitsVis) {{ '
+            f'window.CircuitsVis.render("{div}", window.CircuitsVis.{component}, {json.dumps(props)}); }} '
+            f'else if (n < 200) {{ setTimeout(function () {{ draw(n + 1); }}, 25); }} '
+            f'else {{ document.getElementById("{div}").textContent = {json.dumps(MISSING_BUNDLE)}; }} }})(0);'
+            "</script>")
 
 
-def attention_views_html(views: list[tuple[str, list[str], torch.Tensor]], include_bundle: bool = True) -> str:
+def attention_views_html(views: list[tuple[str, list[str], torch.Tensor]],
+                         include_bundle: bool = True) -> ViewHTML:
     """HTML for several attention views, ``(title, tokens, attention (heads, pos, pos))`` each,
     with the circuitsvis bundle inlined once (``include_bundle=False`` when the page already has
-    it from an earlier call).
+    it from an earlier call). A string that a notebook also displays inline, offline
+    (:class:`~memlens.viz.notebook.ViewHTML`).
 
     >>> views = [(t, ["a", "b"], torch.ones(2, 2, 2) / 2) for t in ("clean", "noisy")]
     >>> html = attention_views_html(views)
     >>> html.count("CircuitsVis.render("), html.count("unpkg.com")
     (2, 0)
     """
-    parts = [bundle_script()] if include_bundle else []
-    for title, tokens, attention in views:
-        parts.append(render_view("AttentionPatterns", {"tokens": tokens, "attention": attention.float().tolist()},
-                                 title, "attention-view"))
-    return "\n".join(parts)
+    parts = [render_view("AttentionPatterns", {"tokens": tokens, "attention": attention.float().tolist()},
+                         title, "attention-view") for title, tokens, attention in views]
+    return ViewHTML("\n".join(parts), ("circuitsvis",), include_bundles=include_bundle)
 
 
 def write_views_page(body: str, path: str | Path, title: str = "memlens views") -> Path:

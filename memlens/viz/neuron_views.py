@@ -18,7 +18,8 @@ import torch
 from memlens.analysis.common import AnalysisError, model_device
 from memlens.analysis.neurons import NeuronTable
 from memlens.tasks.base import Examples
-from memlens.viz.attention import bundle_script, render_view
+from memlens.viz.attention import render_view
+from memlens.viz.notebook import ViewHTML
 
 
 def neuron_view(table: NeuronTable, examples: Examples, layer: int, position: int, neuron: int,
@@ -104,10 +105,11 @@ def token_activations(model, examples: Examples, layer: int, neurons: list[int]
 
 
 def token_neuron_views_html(model, groups: dict[str, Examples], layer: int, neurons: list[int],
-                            per_group: int = 3, include_bundle: bool = True) -> str:
+                            per_group: int = 3, include_bundle: bool = True) -> ViewHTML:
     """Token-level activation views (circuitsvis ``TextNeuronActivations``, bundle inlined: works
     offline): per group, its first ``per_group`` examples with every token coloured by the
-    activation of one of ``neurons`` (a selector picks the neuron and the example).
+    activation of one of ``neurons`` (a selector picks the neuron and the example). A string
+    that a notebook also displays inline (:class:`~memlens.viz.notebook.ViewHTML`).
 
     >>> from memlens.tasks import make_task
     >>> from memlens.models import build_model, ModelConfig
@@ -118,7 +120,7 @@ def token_neuron_views_html(model, groups: dict[str, Examples], layer: int, neur
     >>> html.count("CircuitsVis.TextNeuronActivations"), html.count("unpkg.com")
     (2, 0)
     """
-    parts = [bundle_script()] if include_bundle else []
+    parts = []
     for group, examples in groups.items():
         if len(examples) == 0:
             continue
@@ -130,4 +132,4 @@ def token_neuron_views_html(model, groups: dict[str, Examples], layer: int, neur
                  "firstDimensionLabels": [str(layer)], "secondDimensionLabels": [str(n) for n in neurons]}
         parts.append(render_view("TextNeuronActivations", props,
                                  f"{group}: {len(shown)} example(s), layer {layer}", "token-view"))
-    return "\n".join(parts)
+    return ViewHTML("\n".join(parts), ("circuitsvis",), include_bundles=include_bundle)

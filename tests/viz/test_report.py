@@ -61,12 +61,15 @@ def chromium() -> str | None:
     return None
 
 
-def dump_dom(page: Path, tmp_path: Path) -> str:
-    """The DOM after headless Chromium ran the page's scripts, with every proxy pointing nowhere."""
-    profile = tmp_path / f"profile-{page.stem}"
+def dump_dom(page: Path, tmp_path: Path, fragment: str = "") -> str:
+    """The DOM after headless Chromium ran the page's scripts (opened at ``#fragment`` if
+    given), with the network unreachable: every proxy points nowhere and no host name resolves."""
+    profile = tmp_path / f"profile-{page.stem}-{fragment}"
+    url = Path(page).resolve().as_uri() + (f"#{fragment}" if fragment else "")
     cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}",
-           "--virtual-time-budget=10000", "--dump-dom", Path(page).resolve().as_uri()]
+           "--proxy-server=http://127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND",
+           "--virtual-time-budget=10000", "--dump-dom", url]
     env = {**os.environ, "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env).stdout
 
