@@ -159,7 +159,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from memlens.reproduce import reproduce
     from memlens.training.run import RunDirError
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks = None if args.tasks is None else [t.strip() for t in args.tasks.split(",") if t.strip()]
     try:
         result = reproduce(preset=args.preset, seeds=args.seeds, out=args.out, jobs=args.jobs,
                            device=args.device, tasks=tasks, sets=args.sets,
@@ -235,11 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="train, analyze and report both tasks for several seeds; "
                                          "score the claims (claims.json, claims.md)")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESET_NAMES)
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1 per task (default 3)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..K-1 per task (default 5)")
     p.add_argument("--out", default=None, help="directory of the runs (default runs/reproduce-PRESET)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (processes)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--tasks", default="fda,thr", help="comma-separated tasks (default fda,thr)")
+    p.add_argument("--tasks", default=None,
+                   help="comma-separated tasks (default: fda,thr, those that define the preset)")
     p.add_argument("--baselines", type=int, default=None,
                    help="noise-free baseline seeds per task (default: min(seeds, 3))")
     p.add_argument("--no-reference", action="store_true",

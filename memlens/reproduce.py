@@ -31,7 +31,7 @@ from memlens.analysis.runner import ANALYSES, ANALYSIS_DIR, REFERENCE_ANALYSES
 from memlens.claims import claim_verdicts, role_of, score, to_markdown
 from memlens.config import ConfigError, parse_sets, require_int
 from memlens.io import atomic_write_json, atomic_write_text
-from memlens.presets import PRESET_NAMES, get_preset
+from memlens.presets import PRESET_NAMES, get_preset, has_preset
 from memlens.tasks import TASKS, make_task
 from memlens.training import make_run_config
 from memlens.training.config import RunConfig
@@ -91,7 +91,16 @@ def missing_analyses(run_dir: Path) -> list[str]:
     return missing
 
 
-def plan(preset: str, seeds: int, out: Path, tasks=DEFAULT_TASKS, overrides: dict | None = None,
+def default_tasks(preset: str) -> tuple[str, ...]:
+    """FDA and THR, or those of them that define ``preset`` (``quick``: FDA only).
+
+    >>> default_tasks("small"), default_tasks("quick")
+    (('fda', 'thr'), ('fda',))
+    """
+    return tuple(t for t in DEFAULT_TASKS if has_preset(t, preset))
+
+
+def plan(preset: str, seeds: int, out: Path, tasks=None, overrides: dict | None = None,
          baselines: int = 0, reference: bool = False) -> list[Job]:
     """The jobs, validated before any work: names, counts, overrides and existing runs.
 
@@ -107,6 +116,7 @@ def plan(preset: str, seeds: int, out: Path, tasks=DEFAULT_TASKS, overrides: dic
     from memlens.tasks import load_task_modules
 
     load_task_modules()
+    tasks = default_tasks(preset) if tasks is None else tasks
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise ConfigError(f"tasks={list(tasks)!r} is invalid: expected some of {sorted(TASKS)}")
@@ -192,8 +202,8 @@ def _pool(fn, items: list, jobs: int, describe: Callable[[dict], str], log) -> l
     return [f.result() for f in futures]
 
 
-def reproduce(preset: str = "small", seeds: int = 3, out: str | Path | None = None, jobs: int = 1,
-              device: str = "auto", tasks=DEFAULT_TASKS, sets: list[str] | None = None,
+def reproduce(preset: str = "small", seeds: int = 5, out: str | Path | None = None, jobs: int = 1,
+              device: str = "auto", tasks=None, sets: list[str] | None = None,
               baselines: int | None = None, reference: bool = True,
               log: Callable[[str], None] = print) -> dict:
     """Run the whole study; returns the ``reproduce.json`` record (claims rows included).
