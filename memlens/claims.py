@@ -35,6 +35,12 @@ class NotMeasured(Exception):
     """The data a part needs is not there; the message says why."""
 
 
+class Unpaired(NotMeasured):
+    """A paired part (claim 2 against the noise-free baseline of the same seed) on a seed that
+    has no baseline: that seed is left out of the part (docs/claims.md: baselines cover seeds
+    0..2 at least), not a reason to call the part not measured."""
+
+
 # -- one run's data ----------------------------------------------------------------------------
 @dataclass
 class RunData:
@@ -195,7 +201,7 @@ def load_paired_test(run: RunData) -> dict:
     d = load_behaviour(run)
     base = d["summary"].get("baseline")
     if not base:
-        raise NotMeasured("no noise-free baseline was given to the behaviour analysis "
+        raise Unpaired("no noise-free baseline was given to the behaviour analysis "
                           "(`memlens analyze RUN --only behaviour --baseline CLEAN_RUN`)")
     return {"diff": np.array(d["summary"]["examples"]["test_correct"], float)
             - np.array(base["examples"]["test_correct"], float)}
@@ -209,7 +215,7 @@ def load_phase(run: RunData) -> dict:
     d = _curves(run)
     behaviour = load_behaviour(run)
     if "baseline" not in behaviour:
-        raise NotMeasured("no noise-free baseline run recorded in behaviour.json")
+        raise Unpaired("no noise-free baseline run recorded in behaviour.json")
     base = RunData(Path(behaviour["baseline"]))
     base_rows = {r["step"]: r["test_acc"] for r in base.metrics}
     start = np.nonzero(d["mem"] >= 0.1)[0]
@@ -567,19 +573,25 @@ def score_part(part: Part, runs: list[RunData], reference: RunData | None = None
         "per_seed": [], "mean": None, "ci95": None, "n_seeds": len(runs), "n_units": [],
         "control": {}, "reference": None,
     }
-    data, missing = [], []
+    data, missing, unpaired = [], [], []
     for run in runs:
         try:
             data.append(part.load(run))
+        except Unpaired:
+            unpaired.append(run.path.name)
         except NotMeasured as why:
             missing.append(f"{run.path.name}: {why}")
+    row["n_seeds"] = len(runs) - len(unpaired)
+    if unpaired:
+        row["unpaired"] = unpaired  # seeds without a noise-free baseline, left out
     if reference is not None and part.reference_load is not None:
         try:
             row["reference"] = round(part.value(part.reference_load(reference), None), 4)
         except NotMeasured as why:
             row["reference_note"] = str(why)
     if missing or not data:
-        row.update(verdict="not measured", why="; ".join(missing) or "no runs")
+        row.update(verdict="not measured", why="; ".join(missing) or (
+            "no seed has a noise-free baseline" if unpaired else "no runs"))
         return row
     boot = hierarchical_bootstrap(data, part.value, n_boot=n_boot)
     row.update(per_seed=[round(v, 4) for v in boot["per_seed"]], mean=round(boot["point"], 4),
@@ -591,6 +603,8 @@ def score_part(part: Part, runs: list[RunData], reference: RunData | None = None
     result = verdict(boot["ci95"], part.threshold, part.direction)
     lo, hi = row["ci95"]
     why = f"95% interval [{lo:.3f}, {hi:.3f}] against {part.direction} {part.threshold}"
+    if unpaired:
+        why += f"; left out, no noise-free baseline: {', '.join(unpaired)}"
     if (result == "holds" and part.reference_rule and row["reference"] is not None
             and passes(row["reference"], part.threshold, part.direction)):
         result = "inconclusive"

@@ -216,6 +216,8 @@ def reproduce(preset: str = "small", seeds: int = 5, out: str | Path | None = No
     out = Path(out) if out else Path("runs") / f"reproduce-{preset}"
     require_int(jobs, "jobs", 1)
     baselines = min(seeds, 3) if baselines is None else baselines
+    if tasks is None:
+        tasks = default_tasks(preset)
     job_list = plan(preset, seeds, out, tasks, parse_sets(sets), baselines, reference)  # checks first
     log_dir = out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from memlens.claims import (
-    PARTS, NotMeasured, Part, RunData, claim_verdicts, crossing, lag_fraction, leak_rate, parse_claims,
+    PARTS, NotMeasured, Part, RunData, Unpaired, claim_verdicts, crossing, lag_fraction, leak_rate, parse_claims,
     score_part, to_markdown, true_label_first, worst_phase_difference,
 )
 from memlens.config import ConfigError
@@ -27,6 +27,8 @@ def mean_part(threshold=0.9, direction=">=", reference_rule=False, role="verdict
     def load(run):
         if run.data is None:
             raise NotMeasured("no data")
+        if isinstance(run.data, str):
+            raise Unpaired(run.data)
         return {"x": np.asarray(run.data, float), "n": len(run.data)}
 
     def value(d, rng):
@@ -67,6 +69,18 @@ def test_less_or_equal_direction_and_missing_data():
     row = score_part(mean_part(), seeds([0.99]) + [FakeRun("s9", None)], n_boot=50)
     assert row["verdict"] == "not measured" and "s9: no data" in row["why"]
     assert row["mean"] is None and row["ci95"] is None
+
+
+def test_seeds_without_a_baseline_are_left_out_of_paired_parts():
+    runs = seeds([0.99, 0.98]) + [FakeRun("s7", "no baseline")]
+    row = score_part(mean_part(), runs, n_boot=200)
+    assert row["verdict"] == "holds" and row["n_seeds"] == 2 and row["unpaired"] == ["s7"]
+    assert "no noise-free baseline: s7" in row["why"] and len(row["per_seed"]) == 2
+    row = score_part(mean_part(), [FakeRun("s7", "no baseline")], n_boot=50)
+    assert row["verdict"] == "not measured" and "no seed has a noise-free baseline" in row["why"]
+    # A seed that lacks data for another reason still makes the part not measured.
+    row = score_part(mean_part(), runs + [FakeRun("s9", None)], n_boot=50)
+    assert row["verdict"] == "not measured" and "s9: no data" in row["why"]
 
 
 def test_reference_rule_turns_holds_into_inconclusive():

@@ -25,6 +25,8 @@ half (which picks the outliers) and an evaluation half (on which they are reset,
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -253,26 +255,23 @@ def classify_neurons(table: NeuronTable, examples: Examples, *, threshold: float
     ranges = {}
     for k, (name, fam) in enumerate(zip(names, families)):
         if fam == "range" and r2[k] >= threshold and examples.origin:
-            ranges[k] = _active_range(feats.values[name][1], acts.flatten(1)[:, k], name, examples[clean])
+            ranges[k] = _active_range(feats.values[name][1], acts.flatten(1)[:, k], name)
     return HeuristicResult(layers=table.layers, positions=table.positions, d_mlp=table.acts.shape[-1],
                            best_feature=names, family=families, r2=r2, threshold=threshold,
                            heuristic_families=feats.heuristic_families, ranges=ranges)
 
 
-def _active_range(bins: Tensor, acts: Tensor, name: str, examples: Examples) -> tuple[int, int]:
-    """[lo, hi) of the value where the neuron's mean activation is above its midpoint (for the
-    range features of arithmetic tasks, whose bins are round-width value ranges)."""
-    from memlens.tasks.fda_analysis import range_width
-
+def _active_range(bins: Tensor, acts: Tensor, name: str) -> tuple[int, int]:
+    """[lo, hi) of the binned value where the neuron's mean activation is above its midpoint, in
+    the value's units when the feature is named ``"... (width W)"`` (bins of width W), else in
+    bins."""
     means, counts = _group_means(bins, acts[:, None], int(bins.max()) + 1)
     means = means[:, 0]
     seen = counts > 0
     mid = (means[seen].max() + means[seen].min()) / 2
     active = ((means > mid) & seen).nonzero()[:, 0]
-    base = name.removesuffix(" range")
-    inter = examples.intermediates
-    values = inter["sum"] if base == "sum" else inter["operand"][:, int(base.split()[1])]
-    width = range_width(values)
+    width = re.search(r"\(width (\d+)\)$", name)
+    width = int(width.group(1)) if width else 1
     return int(active.min()) * width, (int(active.max()) + 1) * width
 
 

@@ -191,7 +191,8 @@ def neuron_features(examples: Examples) -> dict[str, tuple[str, Tensor]]:
     """Candidate heuristics of FDA examples (after Nikankin et al. 2025, "Arithmetic Without
     Algorithms"): ``name -> (family, integer values)``.
 
-    Families: ``range`` (an operand or the sum, in about ``RANGE_BINS`` bins of a round width),
+    Families: ``range`` (an operand or the sum, in about ``RANGE_BINS`` bins of a round width,
+    named ``"... range (width W)"``),
     ``mod`` (an operand or the sum modulo 2..10), ``digit`` (a digit of an operand or of the sum
     at a column), ``column_sum`` and ``carry`` (per column).
 
@@ -207,7 +208,8 @@ def neuron_features(examples: Examples) -> dict[str, tuple[str, Tensor]]:
     values["sum"] = total
     feats: dict[str, tuple[str, Tensor]] = {}
     for name, v in values.items():
-        feats[f"{name} range"] = ("range", v // range_width(v))
+        width = range_width(v)
+        feats[f"{name} range (width {width})"] = ("range", v // width)
         for m in MODULI:
             feats[f"{name} mod {m}"] = ("mod", v % m)
         for col in range(n_digits + (1 if name == "sum" else 0)):

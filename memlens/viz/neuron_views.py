@@ -23,8 +23,10 @@ from memlens.viz.notebook import ViewHTML
 
 
 def neuron_view(table: NeuronTable, examples: Examples, layer: int, position: int, neuron: int,
-                bins: int = 40) -> go.Figure:
-    """The activation of one neuron of ``table`` (computed on ``examples``) over the inputs.
+                bins: int = 40, value: str | None = None) -> go.Figure:
+    """The activation of one neuron of ``table`` (computed on ``examples``) over the inputs: a
+    heatmap over two operands when the examples have an ``operand`` intermediate of two columns,
+    else a scatter against ``value`` (default: the first one-column intermediate).
 
     >>> from memlens.tasks import make_task
     >>> ex = make_task("fda", preset="tiny").generate(0).train
@@ -44,7 +46,7 @@ def neuron_view(table: NeuronTable, examples: Examples, layer: int, position: in
     noisy = examples.is_noisy.numpy()
     inter = examples.intermediates
     title = f"Neuron {neuron}, layer {layer}, position {position}"
-    if "operand" in inter and inter["operand"].shape[1] == 2:
+    if value is None and "operand" in inter and inter["operand"].shape[1] == 2:
         a, b = inter["operand"][:, 0].numpy(), inter["operand"][:, 1].numpy()
         top = max(a.max(), b.max()) + 1
         edges = np.linspace(0, top, bins + 1)
@@ -64,7 +66,11 @@ def neuron_view(table: NeuronTable, examples: Examples, layer: int, position: in
         ])
         fig.update_layout(title=title, xaxis_title="operand 0", yaxis_title="operand 1", height=520)
         return fig
-    key = "sum" if "sum" in inter else "bridge_entity"
+    scalars = [k for k, v in inter.items() if v.ndim == 1]
+    key = value if value is not None else (scalars[0] if scalars else None)
+    if key not in scalars:
+        raise AnalysisError(f"value={key!r} is not a one-column intermediate of these examples: "
+                            f"expected one of {scalars}")
     x = inter[key].numpy()
     fig = go.Figure([go.Scatter(x=x[~noisy], y=act[~noisy], mode="markers", name="clean",
                                 marker={"size": 3, "opacity": 0.5}),
