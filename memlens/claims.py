@@ -524,7 +524,10 @@ PARTS: list[Part] = [
          "examples", load_dependence("noisy"), specific_loss, reference_rule=True,
          reference_load=load_dependence("noisy", gated=False)),
     Part(5, "b", "inputs matter, intermediate kept: recall lost on the preserving input", 0.5, ">=",
-         "verdict", "examples", load_dependence("noisy"), preserving_input_loss, reference_rule=True,
+         # No reference rule: a look-up passes 5b by construction (it depends on its inputs); the
+         # model that contradicts 5b is a memorizer keyed on the intermediate alone
+         # (tests/test_claim_controls.py). The look-up is 5a's contradiction.
+         "verdict", "examples", load_dependence("noisy"), preserving_input_loss,
          reference_load=load_dependence("noisy", gated=False)),
     Part(6, "a", "share of outlier neuron-positions that are heuristic neurons", 0.5, ">=",
          "verdict", "neurons", load_neurons, outlier_share),

@@ -119,7 +119,7 @@ _PRESETS: dict[str, dict[str, Preset]] = {
     # Modular addition with corrupted labels (Doshi et al. 2024); calibration in docs/presets.md.
     "modadd": {
         "tiny": Preset(
-            task=dict(p=13, train_fraction=0.6, noise_rate=0.05),
+            task=dict(p=23, train_fraction=0.6, noise_rate=0.05),
             model=dict(n_layers=1, d_model=32, n_heads=2),
             train=dict(steps=200, batch_size=64, lr=3e-3, weight_decay=0.0, warmup_steps=20,
                        eval_every=100),

@@ -12,8 +12,12 @@ is taken over the task's cyclic inputs (``TaskBase.cyclic_inputs``: name -> (pos
 on the full grid of input values when it has at most ``max_grid`` cells (every example's
 activation averaged into its cell; unseen cells get the neuron's mean), else per input on its
 own (the mean activation per value). The power spectrum of the (multi-dimensional) discrete
-Fourier transform, without the constant term, normalized to sum 1, gives
-``IPR = sum(power ** 2)``: 1 for a neuron on one frequency, ``1 / n_frequencies`` for a flat one.
+Fourier transform, without the constant term, with each frequency and its conjugate (``-f mod
+order``, the same real sinusoid) summed into one real frequency, normalized to sum 1, gives
+``IPR = sum(power ** 2)``: 1 for a neuron on one real frequency (a sinusoid of any phase),
+``1 / n_frequencies`` for a flat one. A neuron constant over the inputs (a dead ReLU unit, say)
+has no spectrum: its IPR is NaN, and pruning, which draws only among the neurons that vary,
+leaves it alone (pruning a dead unit changes nothing and would flatten the low-IPR curve).
 Pruning sets neurons' ``mlp.hook_post`` to 0 (silent, as pruning a ReLU unit).
 """
 
@@ -59,15 +63,35 @@ def input_values(examples: Examples, inputs: dict[str, tuple[int, int]]) -> Tens
     return values
 
 
+def real_power(power: Tensor, orders: list[int]) -> Tensor:
+    """Per-neuron power ``(k, *orders)`` of a real signal's DFT to power per real frequency
+    ``(k, n_real)``: each frequency and its conjugate ``-f mod orders`` summed (a conjugate pair is
+    one sinusoid; a self-conjugate frequency, ``order / 2`` for an even order, is its own), the
+    constant term dropped.
+
+    >>> real_power(torch.tensor([[0.0, 1.0, 2.0, 1.0]]), [4])
+    tensor([[2., 2.]])
+    """
+    idx = torch.arange(int(np.prod(orders))).reshape(orders)
+    conj = idx
+    for dim in range(len(orders)):
+        conj = torch.roll(torch.flip(conj, [dim]), 1, dim)  # index i -> (order - i) mod order
+    idx, conj = idx.flatten(), conj.flatten()
+    flat = power.flatten(1)
+    pair, single = idx < conj, (idx == conj) & (idx > 0)
+    return torch.cat([(flat + flat[:, conj])[:, pair], flat[:, single]], 1)
+
+
 def ipr(acts: Tensor, values: Tensor, orders: list[int], max_grid: int = 100_000) -> tuple[Tensor, str]:
-    """IPR of each neuron ``(k,)`` from activations ``(n, k)`` and input values ``(n, inputs)``.
+    """IPR of each neuron ``(k,)`` from activations ``(n, k)`` and input values ``(n, inputs)``;
+    NaN for a neuron constant over the inputs (no power outside the constant term).
 
     >>> a = torch.arange(13).repeat(13); b = torch.arange(13).repeat_interleave(13)
     >>> periodic = torch.cos(2 * torch.pi * 3 * (a + b) / 13)
     >>> flat = torch.randn(169, generator=torch.Generator().manual_seed(0))
     >>> scores, mode = ipr(torch.stack([periodic, flat], 1), torch.stack([a, b], 1), [13, 13])
-    >>> mode, bool(scores[0] > 0.4), bool(scores[1] < 0.05)
-    ('grid', True, True)
+    >>> mode, round(float(scores[0]), 4), bool(scores[1] < 0.05)
+    ('grid', 1.0, True)
     """
     acts = acts.double()
     if int(np.prod(orders)) <= max_grid:
@@ -79,18 +103,23 @@ def ipr(acts: Tensor, values: Tensor, orders: list[int], max_grid: int = 100_000
         counts = torch.bincount(flat, minlength=cells).double()
         grid = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], acts.mean(0))
         spectrum = torch.fft.fftn(grid.T.reshape(-1, *orders), dim=tuple(range(1, len(orders) + 1)))
-        power = spectrum.abs().pow(2).flatten(1)[:, 1:]  # drop the constant term
+        power = real_power(spectrum.abs().pow(2), orders)
+        total = spectrum.abs().pow(2).flatten(1).sum(1)
         mode = "grid"
     else:  # each input on its own: mean activation per value
-        parts = []
+        parts, total = [], torch.zeros(acts.shape[1], dtype=torch.float64)
         for v, order in zip(values.T, orders):
             sums = torch.zeros(order, acts.shape[1], dtype=torch.float64).index_add_(0, v, acts)
             means = sums / torch.bincount(v, minlength=order).double().clamp(min=1)[:, None]
-            parts.append(torch.fft.fft(means.T, dim=1).abs().pow(2)[:, 1:])
+            spectrum = torch.fft.fft(means.T, dim=1).abs().pow(2)
+            parts.append(real_power(spectrum, [order]))
+            total += spectrum.sum(1)
         power = torch.cat(parts, 1)
         mode = "marginal"
-    share = power / power.sum(1, keepdim=True).clamp(min=1e-30)
-    return share.pow(2).sum(1).float(), mode
+    varying = power.sum(1) > 1e-20 * total  # else constant up to rounding (or all zero)
+    share = power / power.sum(1, keepdim=True).clamp(min=1e-300)
+    scores = torch.where(varying, share.pow(2).sum(1), torch.nan)
+    return scores.float(), mode
 
 
 @torch.no_grad()
@@ -112,7 +141,8 @@ def _accuracies(model, groups: dict[str, Examples], layer: int, neurons: Tensor,
 
 @dataclass
 class FourierResult(Result):
-    """Per neuron: IPR; and accuracies with the lowest-IPR neurons pruned, beside random ones."""
+    """Per neuron: IPR (NaN: constant over the inputs); and accuracies with the lowest-IPR
+    neurons pruned, beside random ones, both drawn among the neurons that vary."""
 
     layer: int
     position: int
@@ -125,8 +155,10 @@ class FourierResult(Result):
         return pd.DataFrame({"neuron": np.arange(len(self.scores)), "ipr": self.scores.numpy()})
 
     def summary(self) -> dict:
+        scored = self.scores[~self.scores.isnan()].numpy()
         return {"layer": self.layer, "position": self.position, "mode": self.mode,
-                "ipr_quartiles": np.quantile(self.scores.numpy(), [0.25, 0.5, 0.75]).tolist(),
+                "n_constant": int(self.scores.isnan().sum()),
+                "ipr_quartiles": np.quantile(scored, [0.25, 0.5, 0.75]).tolist() if len(scored) else [],
                 "pruning": self.pruning.to_dict(orient="records")}
 
     @staticmethod
@@ -156,7 +188,8 @@ def fourier_neurons(model: Model, examples: Examples, groups: dict[str, Examples
     """IPR of every MLP neuron of ``layer`` (default the last) at the first answer-predicting
     position, computed over ``examples`` (ideally every input); then accuracy of each ``groups``
     entry (e.g. ``train_clean``, ``train_noisy``: recall of the corrupted labels, ``test``)
-    with the lowest-IPR ``share`` of neurons pruned, beside as many random neurons.
+    with the lowest-IPR ``share`` of neurons pruned, beside as many random neurons; the share is
+    of the neurons that vary over the inputs (a constant one has no IPR and is never pruned).
 
     >>> from memlens.tasks import make_task
     >>> from memlens.models import build_model, ModelConfig
@@ -173,21 +206,27 @@ def fourier_neurons(model: Model, examples: Examples, groups: dict[str, Examples
     bad = [s for s in shares if not 0 < s < 1]
     if bad:
         raise AnalysisError(f"shares {bad} are invalid: expected numbers in (0, 1)")
+    if not isinstance(random_draws, int) or random_draws < 1:
+        raise AnalysisError(f"random_draws={random_draws!r} is invalid: expected an integer >= 1")
     inputs = cyclic_inputs(examples)
     position = int(examples.answer_pos[0])
     table = neuron_table(model, examples, layers=[layer], positions=[position])
     scores, mode = ipr(table.acts[:, 0, 0], input_values(examples, inputs),
                        [order for _, order in inputs.values()])
+    pool = (~scores.isnan()).nonzero().flatten()
+    if not len(pool):
+        raise AnalysisError(f"no neuron of layer {layer} varies over the cyclic inputs: IPR is undefined")
+    ranked = pool[scores[pool].argsort()]
     gen = torch.Generator().manual_seed(seed)
     rows = []
     base = _accuracies(model, groups, layer, torch.zeros(0, dtype=torch.long), position)
     for metric, acc in base.items():
         rows += [{"order": o, "share": 0.0, "metric": metric, "accuracy": acc} for o in ("low IPR", "random")]
     for share in shares:
-        k = max(1, int(round(share * len(scores))))
-        low = _accuracies(model, groups, layer, scores.argsort()[:k], position)
-        draws = [_accuracies(model, groups, layer, torch.randperm(len(scores), generator=gen)[:k], position)
-                 for _ in range(random_draws)]
+        k = max(1, int(round(share * len(pool))))
+        low = _accuracies(model, groups, layer, ranked[:k], position)
+        draws = [_accuracies(model, groups, layer, pool[torch.randperm(len(pool), generator=gen)[:k]],
+                             position) for _ in range(random_draws)]
         for metric in base:
             rows.append({"order": "low IPR", "share": share, "metric": metric, "accuracy": low[metric]})
             rows.append({"order": "random", "share": share, "metric": metric,

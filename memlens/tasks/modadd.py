@@ -137,7 +137,9 @@ class ModAddTask(TaskBase):
         a, b = ops[:, :1], ops[:, 1:]
         grid = np.arange(p * p)
         na, nb = (grid // p)[None], (grid % p)[None]
-        ok = (na != a) & (nb != b) & ((na + nb == a + b) if kind == "preserve" else (na + nb != a + b))
+        # change: another answer (a raw sum differing by p alone would keep it); preserve: the same raw sum
+        sums_ok = (na + nb == a + b) if kind == "preserve" else ((na + nb) % p != (a + b) % p)
+        ok = (na != a) & (nb != b) & sums_ok
         valid = ok.any(1)
         choice = (rng.random(ok.shape) * ok).argmax(1)
         new = np.stack([grid[choice] // p, grid[choice] % p], 1)[valid]

@@ -29,7 +29,7 @@ def planted(ex, seed=0):
 def test_planted_neurons_are_classified(fda_small_data):
     ex = fda_small_data
     res = classify_neurons(NeuronTable(planted(ex), [1], [10], ex.is_noisy), ex)
-    assert res.best_feature[:3] == ["sum range", "sum mod 7", "carry into column 2"]
+    assert res.best_feature[:3] == ["sum range (width 1000)", "sum mod 7", "carry into column 2"]
     assert res.family[:3] == ["range", "mod", "carry"]
     assert (res.r2[:3] > 0.8).all() and res.r2[3] < 0.1
     assert res.is_heuristic.tolist() == [True, True, True, False]
