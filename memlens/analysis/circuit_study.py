@@ -404,8 +404,9 @@ class CircuitStudyResult(Result):
                                      name=f"{name} (size {found['size']})"))
         fig.add_hline(y=summary["target_faithfulness"], line_dash="dot")
         ov, cf = summary["overlap"], summary["cross_faithfulness"]
+        fmt = lambda v: "undefined" if v is None else f"{v:.2f}"  # noqa: E731 (e.g. a zero range)
         fig.update_layout(title=f"Circuit faithfulness by size ({summary['method']}): normalized "
-                                f"overlap {ov['normalized']:.2f}, cross-faithfulness {cf['value']:.2f}",
+                                f"overlap {fmt(ov['normalized'])}, cross-faithfulness {fmt(cf['value'])}",
                           xaxis_title="edges in circuit", yaxis_title="faithfulness", xaxis_type="log")
         return fig
 
