@@ -2,7 +2,7 @@
 
 * ``tiny``: trains in seconds; for tests. Shows nothing scientific.
 * ``quick`` (FDA only): three-digit addition that generalizes, then memorizes its noise, in
-  about a minute on one CPU core: the README's main job (docs/presets.md).
+  under two minutes on one CPU core: the README's main job (docs/presets.md).
 * ``small``: the default; shows generalize-then-memorize on a 2-core CPU (docs/presets.md).
 * ``paper``: paper-like scale for one GPU (THR after Wang et al. 2024: 2,000 entities,
   200 relations, an 8-layer model).

@@ -60,6 +60,14 @@ def test_unknown_preset_and_task_refused(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+def test_a_preset_the_task_lacks_is_named(tmp_path, capsys):
+    # quick is FDA's alone: THR refuses it before any work, naming the presets it has
+    assert main(["train", "thr", "--preset", "quick", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "task thr has no 'quick' preset" in err and "small" in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_analyze_bad_input(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "none")]) == 2
     assert "does not exist" in capsys.readouterr().err
