@@ -216,9 +216,8 @@ def reproduce(preset: str = "small", seeds: int = 5, out: str | Path | None = No
     out = Path(out) if out else Path("runs") / f"reproduce-{preset}"
     require_int(jobs, "jobs", 1)
     baselines = min(seeds, 3) if baselines is None else baselines
-    if tasks is None:
-        tasks = default_tasks(preset)
     job_list = plan(preset, seeds, out, tasks, parse_sets(sets), baselines, reference)  # checks first
+    tasks = list(dict.fromkeys(j.task for j in job_list))  # plan resolved the default
     log_dir = out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // jobs)

@@ -16,15 +16,20 @@ def python_blocks(markdown: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", markdown, flags=re.S)
 
 
-def test_quickstart_runs(tmp_path):
-    blocks = python_blocks(QUICKSTART.read_text())
-    assert len(blocks) >= 5
-    script = tmp_path / "quickstart.py"
+def run_page(page: Path, workdir: Path, min_blocks: int) -> None:
+    """Run the page's Python blocks, in order, as one script in ``workdir``; it must succeed."""
+    blocks = python_blocks(page.read_text())
+    assert len(blocks) >= min_blocks
+    script = workdir / f"{page.stem.replace('-', '_')}.py"
     script.write_text("\n\n".join(blocks))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+    done = subprocess.run([sys.executable, str(script)], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_quickstart_runs(tmp_path):
+    run_page(QUICKSTART, tmp_path, min_blocks=5)
     run_dir = tmp_path / "runs" / "quickstart-fda"
     for name in ("dynamics.html", "attention.html", "neuron.html", "tokens.html", "report.html"):
         assert (run_dir / name).stat().st_size > 10_000, name
@@ -35,14 +40,7 @@ def test_quickstart_runs(tmp_path):
 def test_own_task_page_runs(tmp_path):
     """docs/own-task.md: a task defined outside the package goes through every analysis."""
     shutil.copytree(DOCS / "examples", tmp_path / "docs" / "examples")
-    blocks = python_blocks((DOCS / "own-task.md").read_text())
-    assert len(blocks) >= 3
-    script = tmp_path / "own_task.py"
-    script.write_text("\n\n".join(blocks))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_page(DOCS / "own-task.md", tmp_path, min_blocks=3)
     analyses = {p.stem for p in (tmp_path / "runs" / "own-sum3" / "analysis").iterdir()}
     assert {"behaviour", "logit_lens", "probes", "patching", "circuits"} <= analyses
     assert "neurons" not in analyses  # SUM3 declares no heuristic features

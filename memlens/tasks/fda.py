@@ -28,9 +28,11 @@ name               shape                       meaning
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from memlens.config import require, require_choice, require_int, require_number
 from memlens.tasks import fda_analysis
@@ -340,20 +342,7 @@ class FDATask(TaskBase):
         )
 
     # -- reading examples back ----------------------------------------------------------------
-    def record(self, examples: Examples, i: int, split: str) -> dict:
-        """One example as a JSON-ready dict (the ``--export`` format of DESIGN.md)."""
-        tok = self.tokenizer
-        inter = {}
-        for name, value in examples.intermediates.items():
-            row = value[i].tolist()
-            if name == "answer_digit":
-                row = [str(d) for d in row]
-            inter[name] = row
-        return {
-            "split": split,
-            "tokens": tok.to_str_tokens(examples.tokens[i].tolist()),
-            "label": tok.to_str_tokens(examples.labels[i].tolist()),
-            "true_label": tok.to_str_tokens(examples.true_labels[i].tolist()),
-            "is_noisy": bool(examples.is_noisy[i]),
-            "intermediates": inter,
-        }
+    def record_intermediate(self, name: str, value: Tensor) -> Any:
+        """Numbers, but answer digits as the token strings they are written with."""
+        row = value.tolist()
+        return [str(d) for d in row] if name == "answer_digit" else row

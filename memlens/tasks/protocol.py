@@ -270,7 +270,7 @@ class TaskBase:
 
     def record(self, examples: Examples, i: int, split: str) -> dict:
         """One example as a JSON-ready dict (``memlens data --export``): tokens and labels as
-        token strings, intermediates as numbers."""
+        token strings, each intermediate as :meth:`record_intermediate` writes it."""
         tok = self.tokenizer
         return {
             "split": split,
@@ -278,8 +278,13 @@ class TaskBase:
             "label": tok.to_str_tokens(examples.labels[i].tolist()),
             "true_label": tok.to_str_tokens(examples.true_labels[i].tolist()),
             "is_noisy": bool(examples.is_noisy[i]),
-            "intermediates": {k: v[i].tolist() for k, v in examples.intermediates.items()},
+            "intermediates": {name: self.record_intermediate(name, value[i])
+                              for name, value in examples.intermediates.items()},
         }
+
+    def record_intermediate(self, name: str, value: Tensor) -> Any:
+        """One example's value of intermediate ``name`` in :meth:`record` (default: numbers)."""
+        return value.tolist()
 
     def describe_positions(self) -> Mapping[str, Any]:
         return {"prompt": self.prompt_positions(), "answer_pos (predicting)": list(self.answer_pos)}

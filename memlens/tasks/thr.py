@@ -33,9 +33,11 @@ name                  shape    meaning
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from memlens.config import require, require_choice, require_int, require_number
 from memlens.tasks import thr_analysis
@@ -266,23 +268,11 @@ class THRTask(TaskBase):
             task_name=self.name,
         )
 
-    def record(self, examples: Examples, i: int, split: str) -> dict:
-        """One example as a JSON-ready dict (the ``--export`` format of DESIGN.md)."""
-        tok = self.tokenizer
-        inter = {}
-        for name, value in examples.intermediates.items():
-            v = int(value[i])
-            if name.endswith("_entity"):
-                inter[name] = tok.id_to_token(self.entity_token_id(v))
-            elif name.startswith("relation_"):
-                inter[name] = tok.id_to_token(self.relation_token_id(v)) if v >= 0 else None
-            else:
-                inter[name] = v
-        return {
-            "split": split,
-            "tokens": tok.to_str_tokens(examples.tokens[i].tolist()),
-            "label": tok.to_str_tokens(examples.labels[i].tolist()),
-            "true_label": tok.to_str_tokens(examples.true_labels[i].tolist()),
-            "is_noisy": bool(examples.is_noisy[i]),
-            "intermediates": inter,
-        }
+    def record_intermediate(self, name: str, value: Tensor) -> Any:
+        """Entities and relations as their token strings (a missing relation, -1, as None)."""
+        v = int(value)
+        if name.endswith("_entity"):
+            return self.tokenizer.id_to_token(self.entity_token_id(v))
+        if name.startswith("relation_"):
+            return self.tokenizer.id_to_token(self.relation_token_id(v)) if v >= 0 else None
+        return v
