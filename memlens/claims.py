@@ -211,12 +211,25 @@ def paired_difference(d: dict, rng) -> float:
     return _mean(d["diff"], rng)
 
 
+def _recorded_run(run: RunData, recorded: str) -> Path:
+    """A run directory recorded in an analysis (the noise-free baseline): where it was, or, for
+    a study moved or copied elsewhere (trained on another machine), beside this run."""
+    from memlens.training.run import CONFIG
+
+    where = Path(recorded)
+    for candidate in (where, run.path.parent / where.name):
+        if (candidate / CONFIG).exists():
+            return candidate
+    raise NotMeasured(f"the recorded baseline run {recorded} is not found, nor beside this run "
+                      f"({run.path.parent / where.name})")
+
+
 def load_phase(run: RunData) -> dict:
     d = _curves(run)
     behaviour = load_behaviour(run)
     if "baseline" not in behaviour:
         raise Unpaired("no noise-free baseline run recorded in behaviour.json")
-    base = RunData(Path(behaviour["baseline"]))
+    base = RunData(_recorded_run(run, behaviour["baseline"]))
     base_rows = {r["step"]: r["test_acc"] for r in base.metrics}
     start = np.nonzero(d["mem"] >= 0.1)[0]
     if not len(start):

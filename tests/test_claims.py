@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from memlens.claims import (
-    PARTS, NotMeasured, Part, RunData, Unpaired, claim_verdicts, crossing, lag_fraction, leak_rate, parse_claims,
+    PARTS, _recorded_run, NotMeasured, Part, RunData, Unpaired, claim_verdicts, crossing, lag_fraction, leak_rate, parse_claims,
     score_part, to_markdown, true_label_first, worst_phase_difference,
 )
 from memlens.config import ConfigError
@@ -144,6 +144,18 @@ def test_claim2_phase_and_leak_statistics():
     assert leak_rate(leaks, None) == pytest.approx(1 / 3)
     rates = {leak_rate(leaks, np.random.default_rng(s)) for s in range(30)}
     assert rates <= {0.0, 1 / 3, 2 / 3, 1.0}  # whole clusters are drawn
+
+
+def test_a_recorded_baseline_is_found_beside_a_moved_study(tmp_path):
+    """Studies trained on another machine record that machine's baseline path (claim 2c)."""
+    run, base = tmp_path / "study" / "fda-small-s0", tmp_path / "study" / "fda-small-clean-s0"
+    for d in (run, base):
+        d.mkdir(parents=True)
+        (d / "config.json").write_text("{}")
+    assert _recorded_run(RunData(run), str(base)) == base
+    assert _recorded_run(RunData(run), "/elsewhere/fda-small-clean-s0") == base
+    with pytest.raises(NotMeasured, match="/elsewhere/fda-small-clean-s9 is not found"):
+        _recorded_run(RunData(run), "/elsewhere/fda-small-clean-s9")
 
 
 def test_parts_registry_and_markdown():

@@ -54,6 +54,45 @@ def dynamics(metrics: pd.DataFrame, phases: dict | None = None, title: str = "")
     return fig
 
 
+PATCH_BARS = (("noisy", "patch_change", "noisy recall, changing patch"),
+              ("noisy", "patch_preserve", "noisy recall, preserving patch"),
+              ("clean_heldout", "patch_change", "clean accuracy, changing patch"),
+              ("clean_heldout", "patch_preserve", "clean accuracy, preserving patch"))
+
+
+def patch_loss_by_run(summaries: dict[str, dict], title: str = "") -> go.Figure:
+    """Across runs (seeds beside the pure-memorizer reference): the noisy recall and the clean
+    accuracy lost when each intermediate's site is patched from a *changing* and from a
+    *preserving* counterfactual of the same tokens, averaged over the intermediates given (claims
+    4a and 5a score the task's claim-4 intermediates: ``memlens.viz.report.claim4_patching``; a computation through the intermediate loses more under the changing patch; a
+    look-up keyed on the input loses as much under both).
+
+    ``summaries`` maps a run's name to (entries of) the ``summary`` of its
+    ``analysis/patching.json``.
+
+    >>> one = {"noisy": {"mean": {"base": 1.0, "patch_change": 0.2, "patch_preserve": 0.9}}}
+    >>> fig = patch_loss_by_run({"fda-small-s0": {"column_sum[0]": one}})
+    >>> [round(float(v), 2) for v in fig.data[0].y], [round(float(v), 2) for v in fig.data[1].y]
+    ([0.8], [0.1])
+    """
+    names = list(summaries)
+    fig = go.Figure()
+    for group, key, label in PATCH_BARS:
+        lost = []
+        for name in names:
+            values = [s[group]["mean"]["base"] - s[group]["mean"][key]
+                      for s in summaries[name].values()
+                      if isinstance(s, dict) and s.get(group) and s[group]["mean"].get(key) is not None]
+            lost.append(float(np.mean(values)) if values else None)
+        if any(v is not None for v in lost):
+            fig.add_trace(go.Bar(x=names, y=lost, name=label,
+                                 marker_pattern_shape="/" if group != "noisy" else ""))
+    fig.update_layout(title=title or "Lost under changing vs preserving patches", barmode="group",
+                      yaxis_title="lost (before minus after the patch)", yaxis_range=[-0.05, 1.05],
+                      height=380)
+    return fig
+
+
 def analysis_figure(name: str, data: dict) -> go.Figure:
     """The figure of analysis ``name`` from its JSON data (``RUN/analysis/<name>.json``): the
     same renderer as the result's own ``.figure()``.

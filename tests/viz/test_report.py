@@ -46,6 +46,30 @@ def test_missing_and_corrupted_results_say_how_to_produce_them(tiny_run, tmp_pat
     assert page.count('class="plotly-graph-div"') == 7
 
 
+def test_patching_across_runs_averages_claim_4_intermediates(tiny_run, tmp_path):
+    """Two runs of a task: one figure of what the changing and preserving patches cost, from
+    the claim-4 entries of each run's patching.json (not the carries, which claim 4 leaves out)."""
+    import json
+
+    from memlens.viz.figures import patch_loss_by_run
+    from memlens.viz.report import claim4_patching
+
+    summary = json.loads((tiny_run / "analysis" / "patching.json").read_text())["summary"]
+    entries = claim4_patching(tiny_run, summary)
+    assert sorted(entries) == [f"column_sum[{c}]" for c in range(2)]  # tiny: two digits
+    expected = sum(e["noisy"]["mean"]["base"] - e["noisy"]["mean"]["patch_change"]
+                   for e in entries.values()) / len(entries)
+    fig = patch_loss_by_run({"a": entries})
+    assert fig.data[0].name == "noisy recall, changing patch"
+    assert fig.data[0].y[0] == pytest.approx(expected)
+    second = tmp_path / "fda-tiny-s1"
+    shutil.copytree(tiny_run, second)
+    page = write_report([tiny_run, second], tmp_path / "r.html", attention=False).read_text()
+    assert page.count("Counterfactual patching across runs") == 1
+    one = write_report([tiny_run], tmp_path / "one.html", attention=False).read_text()
+    assert "Counterfactual patching across runs" not in one
+
+
 def test_not_a_run_directory_is_refused_before_writing(tmp_path, capsys):
     with pytest.raises(RunDirError, match="not memlens run directories"):
         write_report([tmp_path], tmp_path / "r.html")
