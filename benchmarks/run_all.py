@@ -152,8 +152,9 @@ def collect() -> Path:
         record = load(name)
         for h in (record or {}).get("headline", []):
             headline.append(f"| {h['benchmark']} | {h['figure']} | {h['value']} | {h['goal'] or ''} |")
-    for device in ("cpu", "cuda"):
-        record = load(f"training_{device}")
+    # Later GPU sessions' throughput records sit beside their logs in docs/benchmarks/gpu/.
+    later = [json.loads(p.read_text()) for p in sorted((DOCS / "gpu").glob("training_*.json"))]
+    for record in [load("training_cpu"), load("training_cuda"), *later]:
         for r in (record or {}).get("results", []):
             ratio = statistics.median(r["ratio_vs_plain"])
             flag = " (before the fused forward; see the note below)" if record.get("note") else ""
