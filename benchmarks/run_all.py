@@ -42,6 +42,7 @@ def commands(args) -> dict[str, list[str]]:
     if args.fda_run:
         out["patching"] = [py, str(BENCH / "patching.py"), "--fda-run", args.fda_run, "--repeats", "5"]
         out["neurons"] = [py, str(BENCH / "neurons.py"), "--fda-run", args.fda_run]
+        out["interventions"] = [py, str(BENCH / "interventions.py"), "--run", args.fda_run]
         out["probes"] = [py, str(BENCH / "probes.py"), "--fda-run", args.fda_run] + (
             ["--thr-run", args.thr_run] if args.thr_run else [])
     return out
@@ -148,7 +149,7 @@ def collect() -> Path:
              "every ratio compares memlens with its baseline alternated in one process run. "
              "Per-benchmark details are in docs/benchmarks/*.md.", ""]
     headline = ["| benchmark | figure | value | goal |", "|---|---|---|---|"]
-    for name in ("patching", "probes", "neurons", "backends"):
+    for name in ("patching", "probes", "neurons", "interventions", "backends"):
         record = load(name)
         for h in (record or {}).get("headline", []):
             headline.append(f"| {h['benchmark']} | {h['figure']} | {h['value']} | {h['goal'] or ''} |")
@@ -170,7 +171,7 @@ def collect() -> Path:
     lines += gpu_runs_section()
     if load("scaling"):
         lines += scaling_section(load("scaling"))
-    for name in ("patching", "probes", "neurons", "data_generation", "backends"):
+    for name in ("patching", "probes", "neurons", "interventions", "data_generation", "backends"):
         md = DOCS / f"{name}.md"
         if md.exists():
             body = md.read_text().strip().splitlines()

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from memlens.backend import Model
-from memlens.analysis.common import AnalysisError, Result, cached_activations, check_examples
+from memlens.analysis.common import AnalysisError, Result, cached_activations, check_examples, model_device
 from memlens.analysis.probes import fit_softmax_probes, predict_probes, probe_targets
 from memlens.tasks.base import Examples
 
@@ -165,20 +165,90 @@ def render_interventions(data: dict):
                         "the same rank)")
 
 
+class _SiteRuns:
+    """One group's runs under interventions at (``layer``, ``point``, ``position``).
+
+    The unintervened run is made once. An intervention at ``position`` changes nothing before
+    the site's layer, nor (causal attention) at earlier positions, so where the backend can
+    resume a run (:func:`memlens.backend.can_resume`) and the site is a layer's input
+    (``point="pre"``), each intervened run starts at that layer on positions ``position..``
+    from the cached residual stream, with the earlier positions' keys and values cached.
+    Otherwise (the 4.x bridge, or a mid-layer point) the whole model runs with the hook.
+    """
+
+    def __init__(self, model: Model, examples: Examples, layer: int, point: str, position: int,
+                 batch: int = 4096, resume: bool = True):
+        from memlens import backend
+        from memlens.training.metrics import with_answer
+
+        self.model, self.examples, self.layer, self.position = model, examples, layer, position
+        self.hook, self.batch = _resid_hook(layer, point), batch
+        self.tokens = with_answer(examples, examples.labels)
+        self.answer_pos = examples.answer_pos.tolist()
+        self.fast = resume and point == "pre" and backend.can_resume(model) and len(examples) > 0
+        self.chunks = []  # per batch: answer logits, the site's residual stream, keys, values
+        if self.fast:
+            names = [self.hook] + [f"blocks.{i}.attn.hook_{kv}" for i in range(layer, model.cfg.n_layers)
+                                   for kv in ("k", "v")]
+            device = model_device(model)
+            for i in range(0, len(self.tokens), batch):
+                with torch.no_grad():
+                    logits, cache = model.run_with_cache(self.tokens[i:i + batch].to(device),
+                                                         names_filter=lambda n: n in names)
+                self.chunks.append((logits[:, self.answer_pos], cache[self.hook],
+                                    [cache[f"blocks.{j}.attn.hook_k"][:, :position]
+                                     for j in range(layer, model.cfg.n_layers)],
+                                    [cache[f"blocks.{j}.attn.hook_v"][:, :position]
+                                     for j in range(layer, model.cfg.n_layers)]))
+
+    @torch.no_grad()
+    def answer_logits(self, fn) -> Tensor:
+        """Logits at the answer-predicting positions with hook ``fn`` at the site (None: none)."""
+        from memlens import backend
+
+        if not self.fast:
+            device = model_device(self.model)
+            out = []
+            with self.model.hooks(fwd_hooks=[] if fn is None else [(self.hook, fn)]):
+                for i in range(0, len(self.tokens), self.batch):
+                    out.append(self.model(self.tokens[i:i + self.batch].to(device))[:, self.answer_pos])
+            return torch.cat(out)
+        out = []
+        for clean, resid, keys, values in self.chunks:
+            if fn is None:
+                out.append(clean)
+                continue
+            changed = fn(resid.clone(), None)[:, self.position:]
+            suffix = backend.run_suffix(self.model, changed, self.layer, keys, values)
+            logits = clean.clone()
+            for j, pos in enumerate(self.answer_pos):
+                if pos >= self.position:  # earlier positions cannot see the intervention
+                    logits[:, j] = suffix[:, pos - self.position]
+            out.append(logits)
+        return torch.cat(out)
+
+    def answered(self, fn) -> Tensor:
+        """Per example: 1 when every answer slot's argmax is the label (teacher-forced)."""
+        preds = self.answer_logits(fn).argmax(-1).cpu()
+        return (preds == self.examples.labels).all(-1).int()
+
+
 METRIC = {"train_noisy": "noisy_memorized_acc", "train_clean": "train_clean_acc", "test": "test_acc"}
 
 
 def intervene(model: Model, groups: dict[str, Examples], fit: Examples, variable: str, *, layer: int,
               position: int, column: int | None = None, point: str = "pre",
               max_iterations: int = 20, rank_per_iteration: int = 8, tolerance: float = 0.05,
-              random_draws: int = 20, seed: int = 0) -> InterventionResult:
+              random_draws: int = 20, seed: int = 0, resume: bool = True) -> InterventionResult:
     """Remove ``variable`` at (``layer``, ``point``, ``position``) by mean ablation and by INLP
     (until its probe reads at most the majority class + ``tolerance``), beside random subspaces
     of INLP's rank (``random_draws``) and an INLP of shuffled targets of that rank; measure the
     memorization metrics under each, per example.
 
     ``groups`` are the evaluation splits (``train_clean``, ``train_noisy``, ``test``); ``fit``
-    holds clean examples to fit INLP and the ablation mean on.
+    holds clean examples to fit INLP and the ablation mean on. ``resume=False`` runs the whole
+    model under each intervention instead of resuming at the site (same values; the baseline
+    of benchmarks/interventions.py).
 
     >>> from memlens.tasks import make_task
     >>> from memlens.models import build_model, ModelConfig
@@ -190,8 +260,6 @@ def intervene(model: Model, groups: dict[str, Examples], fit: Examples, variable
     >>> list(res.to_frame()["intervention"])
     ['none', 'mean_ablation', 'inlp', 'random_subspace', 'shuffled_inlp']
     """
-    from memlens.analysis.behaviour import answered
-
     for name, ex in groups.items():
         check_examples(model, ex, f"group {name!r}")
     if random_draws < 1:
@@ -216,12 +284,12 @@ def intervene(model: Model, groups: dict[str, Examples], fit: Examples, variable
                                                        [position]) for i in range(random_draws)]
         variants["shuffled_inlp"] = [projection_hook(shuffled[:, :rank], [position])]
     rows, examples = [], {}
+    runners = {g: _SiteRuns(model, ex, layer, point, position, resume=resume) for g, ex in groups.items()}
     for label, fns in variants.items():
         per_group = {}
         for fn in fns:
-            with model.hooks(fwd_hooks=[] if fn is None else [(hook, fn)]):
-                for g, ex in groups.items():
-                    per_group.setdefault(g, []).append(answered(model, ex).float())
+            for g, runner in runners.items():
+                per_group.setdefault(g, []).append(runner.answered(fn).float())
         means = {g: torch.stack(v).mean(0) for g, v in per_group.items()}
         if "train_noisy" in means:
             examples[label] = means["train_noisy"].tolist()
