@@ -254,10 +254,12 @@ def load_neighbours(run: RunData) -> dict:
         raise NotMeasured("no neighbours of noisy examples were evaluated")
     source = np.array(d["neighbour_source"])
     clusters = [np.nonzero(source == s)[0] for s in np.unique(source)]
-    base = (d.get("baseline") or {}).get("examples", {}).get("neighbour_leak")
-    return {"leak": np.array(leak, float), "clusters": clusters,
-            "controls": {"neighbour accuracy": float(np.mean(d["examples"]["neighbour_accuracy"])),
-                         **({"baseline leak": float(np.mean(base))} if base else {})}}
+    base = (d.get("baseline") or {}).get("examples", {})
+    controls = {"neighbour accuracy": float(np.mean(d["examples"]["neighbour_accuracy"]))}
+    for key, name in (("neighbour_leak", "baseline leak"), ("neighbour_accuracy", "baseline neighbour accuracy")):
+        if base.get(key):  # older behaviour.json files hold no baseline neighbour accuracy
+            controls[name] = float(np.mean(base[key]))
+    return {"leak": np.array(leak, float), "clusters": clusters, "controls": controls}
 
 
 def leak_rate(d: dict, rng) -> float:

@@ -117,7 +117,10 @@ def behaviour(model: Model, noisy: Examples, test: Examples, neighbours: Neighbo
     result = outcomes(model)
     base = {}
     if baseline is not None:
-        base = {k: v for k, v in outcomes(baseline).items() if k in ("test_correct", "neighbour_leak")}
+        # The baseline's neighbour accuracy is the control for the noisy run's: neighbours can be
+        # damaged (answered wrongly) without taking the noisy label.
+        base = {k: v for k, v in outcomes(baseline).items()
+                if k in ("test_correct", "neighbour_leak", "neighbour_accuracy")}
     source = neighbours.source if neighbours is not None else torch.zeros(0, dtype=torch.long)
     relation = neighbours.relation if neighbours is not None else []
     return BehaviourResult(result, source, relation, base)
