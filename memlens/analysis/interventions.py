@@ -179,6 +179,7 @@ class _SiteRuns:
     def __init__(self, model: Model, examples: Examples, layer: int, point: str, position: int,
                  batch: int = 4096, resume: bool = True):
         from memlens import backend
+        from memlens.analysis.patching import _TargetRun
         from memlens.training.metrics import with_answer
 
         self.model, self.examples, self.layer, self.position = model, examples, layer, position
@@ -195,11 +196,10 @@ class _SiteRuns:
                 with torch.no_grad():
                     logits, cache = model.run_with_cache(self.tokens[i:i + batch].to(device),
                                                          names_filter=lambda n: n in names)
-                self.chunks.append((logits[:, self.answer_pos], cache[self.hook],
-                                    [cache[f"blocks.{j}.attn.hook_k"][:, :position]
-                                     for j in range(layer, model.cfg.n_layers)],
-                                    [cache[f"blocks.{j}.attn.hook_v"][:, :position]
-                                     for j in range(layer, model.cfg.n_layers)]))
+                # The patching engine's record of an unpatched run gives the prefix keys/values.
+                run = _TargetRun(logits[:, self.answer_pos], dict(cache))
+                self.chunks.append((run.logits, cache[self.hook],
+                                    *run.prefix_kv(model, layer, position, torch.arange(len(logits)))))
 
     @torch.no_grad()
     def answer_logits(self, fn) -> Tensor:
