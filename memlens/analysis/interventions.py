@@ -23,10 +23,13 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from memlens import backend
 from memlens.backend import Model
 from memlens.analysis.common import AnalysisError, Result, cached_activations, check_examples, model_device
+from memlens.analysis.patching import _TargetRun
 from memlens.analysis.probes import fit_softmax_probes, predict_probes, probe_targets
 from memlens.tasks.base import Examples
+from memlens.training.metrics import with_answer
 
 
 def _resid_hook(layer: int, point: str) -> str:
@@ -178,10 +181,6 @@ class _SiteRuns:
 
     def __init__(self, model: Model, examples: Examples, layer: int, point: str, position: int,
                  batch: int = 4096, resume: bool = True):
-        from memlens import backend
-        from memlens.analysis.patching import _TargetRun
-        from memlens.training.metrics import with_answer
-
         self.model, self.examples, self.layer, self.position = model, examples, layer, position
         self.hook, self.batch = _resid_hook(layer, point), batch
         self.tokens = with_answer(examples, examples.labels)
@@ -204,8 +203,6 @@ class _SiteRuns:
     @torch.no_grad()
     def answer_logits(self, fn) -> Tensor:
         """Logits at the answer-predicting positions with hook ``fn`` at the site (None: none)."""
-        from memlens import backend
-
         if not self.fast:
             device = model_device(self.model)
             out = []
