@@ -1,14 +1,16 @@
 """Training throughput: the memlens trainer against a plain PyTorch loop, alternated in one process.
 
     .venv/bin/python benchmarks/training_throughput.py [--tasks fda thr] [--preset small]
-        [--steps 300] [--repeats 3] [--device cpu] [--compile] [--precision fp32]
+        [--steps 250] [--repeats 3] [--device cpu] [--compile] [--precision fp32]
 
 For each task's preset, three paths train for ``--steps`` steps on the same batches (the
 trainer's seeded sampler), batch size, answer-only loss, AdamW, schedule and gradient clipping:
 
-* ``memlens``: :func:`memlens.train` on a HookedTransformer, everything included (hook points,
-  progress bar, resume checkpoints every ``resume_every`` steps, metrics file), evaluating only at
-  the first and last step; their evaluation time is subtracted and reported on its own.
+* ``memlens``: :func:`memlens.train` on a HookedTransformer, everything included (progress bar,
+  resume checkpoints every ``resume_every`` steps), timed over ``--steps`` updates in the middle
+  of a run (``memlens_run``: not its first and last evaluation, nor its end-of-run writes);
+  one evaluation's time is reported on its own. Use a multiple of ``resume_every`` (250) for
+  ``--steps`` so that the window holds the resume saves at their real rate.
 * ``plain``: the same architecture written in plain PyTorch (benchmarks/plain_transformer.py) in a
   minimal loop. The tokens/s ratio memlens/plain is the issue's goal (>= 0.9).
 * ``hooked-plain``: the HookedTransformer in the minimal loop; memlens/hooked-plain isolates the
@@ -73,26 +75,44 @@ def plain_loop(model, config, train_set, device: str, steps: int, precision: str
     return time.perf_counter() - start
 
 
-def memlens_run(config, device: str) -> tuple[float, float]:
-    """(training-loop seconds without evaluation, seconds of one evaluation) of memlens.train."""
+WARM_STEPS = 10  # updates before the timed slice of a memlens run (allocator, first calls)
+
+
+def memlens_run(config, device: str, steps: int) -> tuple[float, float]:
+    """(seconds of ``steps`` updates of :func:`memlens.train`, seconds of one evaluation).
+
+    The run is ``WARM_STEPS + steps + 1`` updates long and the slice is timed from the callback
+    after update ``WARM_STEPS`` to the one after update ``WARM_STEPS + steps``: everything the
+    trainer does per step is inside it (schedule, sampler, progress bar, the resume checkpoints
+    it writes every ``resume_every`` steps), but not the first and last evaluation nor the
+    end-of-run writes, which a long run pays once and a short window would charge in full.
+    """
+    marks: dict[int, float] = {}
+
+    def mark(done: int, _row) -> None:
+        if done in (WARM_STEPS, WARM_STEPS + steps):
+            sync(device)
+            marks[done] = time.perf_counter()
+
     with tempfile.TemporaryDirectory() as tmp:
-        result = train(config, Path(tmp) / "run", device=device, progress=False)
+        result = train(config, Path(tmp) / "run", device=device, progress=False, callback=mark)
     n_evals = len(config.train.eval_steps())
-    return result.wall_seconds - result.eval_seconds, result.eval_seconds / n_evals
+    return marks[WARM_STEPS + steps] - marks[WARM_STEPS], result.eval_seconds / n_evals
 
 
 def bench_task(task: str, preset: str, steps: int, repeats: int, device: str, precision: str,
                use_compile: bool) -> dict:
     full = make_run_config(task, preset, seed=0, overrides={"train.precision": precision})
+    run_steps = WARM_STEPS + steps + 1
     window = make_run_config(task, preset, seed=0, overrides={
-        "train.steps": steps, "train.eval_log_points": 0, "train.eval_every": steps,
+        "train.steps": run_steps, "train.eval_log_points": 0, "train.eval_every": run_steps,
         "train.checkpoint_log_points": 0, "train.precision": precision})
     task_obj = task_from_config(task, full.task_config)
     train_set = task_obj.generate(0).train.to(device)
     hooked = build_model(full.model, task_obj, seed=0, device=device)
     plain = plain_model_for(hooked).to(device)
     paths = {
-        "memlens": lambda: memlens_run(window, device),
+        "memlens": lambda: memlens_run(window, device, steps),
         "plain": lambda: (plain_loop(plain, window, train_set, device, steps, precision), None),
         "hooked-plain": lambda: (plain_loop(hooked, window, train_set, device, steps, precision), None),
     }
@@ -125,6 +145,7 @@ def bench_task(task: str, preset: str, steps: int, repeats: int, device: str, pr
         "seconds": seconds,
         "eval_seconds_each": t_eval, "evals_at_default_cadence": n_evals_full,
         "full_steps": full.train.steps, "eval_share_at_default_cadence": eval_share,
+        "resume_saves_in_window": steps // full.train.resume_every,
     }
 
 
@@ -132,7 +153,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["fda", "thr"])
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))

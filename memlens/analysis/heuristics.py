@@ -96,10 +96,9 @@ def candidate_features(examples: Examples, features: dict | None = None,
 
 def _group_means(values: Tensor, acts: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
     """Per feature value: mean activation (groups x K) and count (groups)."""
-    onehot = torch.zeros(len(values), n_groups, dtype=acts.dtype)
-    onehot[torch.arange(len(values)), values] = 1.0
-    counts = onehot.sum(0)
-    sums = onehot.T @ acts
+    values = values.to(acts.device)
+    sums = torch.zeros(n_groups, acts.shape[1], dtype=acts.dtype, device=acts.device).index_add_(0, values, acts)
+    counts = torch.bincount(values, minlength=n_groups).to(acts.dtype)
     return sums / counts.clamp(min=1)[:, None], counts
 
 
@@ -113,14 +112,17 @@ def lookup(values: Tensor, fit_values: Tensor, fit_acts: Tensor) -> Tensor:
 
 
 def _split_stats(values: Tensor, acts: Tensor, sq: Tensor, halves: Tensor, n_groups: int):
-    """Per half of the examples: per-value sums of activations and of their squares, and counts."""
-    out = []
-    for half in (halves, ~halves):
-        v = values[half]
-        s1 = torch.zeros(n_groups, acts.shape[1], dtype=acts.dtype).index_add_(0, v, acts[half])
-        s2 = torch.zeros(n_groups, acts.shape[1], dtype=acts.dtype).index_add_(0, v, sq[half])
-        out.append((s1, s2, torch.bincount(v, minlength=n_groups).to(acts.dtype)))
-    return out
+    """Per half of the examples: per-value sums of activations and of their squares, and counts.
+
+    One scatter over all rows into ``2 * n_groups`` bins (value, half), so no half is copied.
+    """
+    group = values.to(acts.device) + (~halves).to(acts.device).long() * n_groups
+    zeros = torch.zeros(2 * n_groups, acts.shape[1], dtype=acts.dtype, device=acts.device)
+    s1 = zeros.index_add(0, group, acts)
+    s2 = zeros.index_add_(0, group, sq)
+    counts = torch.bincount(group, minlength=2 * n_groups).to(acts.dtype)
+    return [(s1[:n_groups], s2[:n_groups], counts[:n_groups]),
+            (s1[n_groups:], s2[n_groups:], counts[n_groups:])]
 
 
 def _heldout_r2(values: Tensor, acts: Tensor, halves: Tensor, sq: Tensor | None = None) -> Tensor:
@@ -214,9 +216,11 @@ class HeuristicResult(Result):
 
 def classify_neurons(table: NeuronTable, examples: Examples, *, threshold: float = 0.5,
                      seed: int = 0, features: dict | None = None,
-                     heuristic_families: frozenset[str] | None = None) -> HeuristicResult:
+                     heuristic_families: frozenset[str] | None = None,
+                     device: str | torch.device = "cpu") -> HeuristicResult:
     """The best feature of every neuron-position in ``table`` (computed on ``examples``), from
     clean examples only; ``features`` and ``heuristic_families`` default to the task's.
+    ``device``: where the per-value sums are computed (the model's GPU, when there is one).
 
     >>> from memlens.tasks import make_task
     >>> from memlens.analysis.neurons import NeuronTable
@@ -235,8 +239,8 @@ def classify_neurons(table: NeuronTable, examples: Examples, *, threshold: float
         raise AnalysisError(f"{n_clean} clean examples are too few to estimate neuron patterns: "
                             f"need at least {MIN_CLEAN}")
     feats = candidate_features(examples, features, heuristic_families).subset(clean)
-    acts = table.acts[clean].double()  # (n, L, P, d)
-    halves = _half(n_clean, torch.Generator().manual_seed(seed))
+    acts = table.acts[clean].to(device).double()  # (n, L, P, d)
+    halves = _half(n_clean, torch.Generator().manual_seed(seed)).to(device)
     shape = acts.shape[1:]
     best_r2 = torch.zeros(shape, dtype=torch.float64)
     best_name = np.empty(shape, dtype=object)
@@ -246,8 +250,8 @@ def classify_neurons(table: NeuronTable, examples: Examples, *, threshold: float
         names = feats.at(position)
         r2 = torch.stack([_heldout_r2(feats.values[n][1], block, halves, sq) for n in names])
         r2 = r2.where(block.var(0) >= 1e-10, torch.zeros(()))  # a flat neuron explains nothing
-        best_r2[:, pi] = r2.max(0).values.view(shape[0], shape[2])
-        best_name[:, pi] = np.array(names, dtype=object)[r2.argmax(0).numpy()].reshape(shape[0], shape[2])
+        best_r2[:, pi] = r2.max(0).values.view(shape[0], shape[2]).cpu()
+        best_name[:, pi] = np.array(names, dtype=object)[r2.argmax(0).cpu().numpy()].reshape(shape[0], shape[2])
     names = best_name.reshape(-1).tolist()
     r2 = best_r2.flatten().float()
     flat = (acts.flatten(1).var(0) < 1e-10).tolist()
@@ -363,8 +367,9 @@ def matched_shares(outlier: Tensor, heuristic: Tensor, decile: Tensor) -> tuple[
 
 def score_outliers(table: NeuronTable, examples: Examples, heuristics: HeuristicResult, *,
                    z_threshold: float = 0.5, ratio: float = 2.0, seed: int = 0,
-                   features: dict | None = None) -> OutlierResult:
-    """z-scores of every noisy example x neuron-position against its best clean lookup."""
+                   features: dict | None = None, device: str | torch.device = "cpu") -> OutlierResult:
+    """z-scores of every noisy example x neuron-position against its best clean lookup
+    (computed on ``device``)."""
     feats = candidate_features(examples, features, heuristics.heuristic_families)
     clean, noisy = ~examples.is_noisy, examples.is_noisy
     if not noisy.any():
@@ -374,18 +379,18 @@ def score_outliers(table: NeuronTable, examples: Examples, heuristics: Heuristic
     gen = torch.Generator().manual_seed(seed + 1)
     clean_fit = _half(int(clean.sum()), gen)
     selection = _half(int(noisy.sum()), gen)
-    acts = table.acts.flatten(1).double()
-    clean_acts, noisy_acts = acts[clean], acts[noisy]
+    acts = table.acts.flatten(1).to(device).double()
+    clean_acts, noisy_acts = acts[clean.to(device)], acts[noisy.to(device)]
     sd = clean_acts.std(0).clamp(min=1e-6)
     z = torch.empty_like(noisy_acts)
-    heldout = torch.empty(acts.shape[1], dtype=torch.float64)
+    heldout = torch.empty(acts.shape[1], dtype=torch.float64, device=acts.device)
     for name in set(heuristics.best_feature):
-        cols = torch.tensor([k for k, f in enumerate(heuristics.best_feature) if f == name])
-        values = feats.values[name][1]
-        fit_v, fit_a = values[clean][clean_fit], clean_acts[clean_fit][:, cols]
-        z[:, cols] = (noisy_acts[:, cols] - lookup(values[noisy], fit_v, fit_a)) / sd[cols]
-        held = lookup(values[clean][~clean_fit], fit_v, fit_a)
-        heldout[cols] = ((clean_acts[~clean_fit][:, cols] - held) / sd[cols]).abs().mean(0)
-    return OutlierResult(z=z.float(), heldout_clean_abs_z=heldout.float(),
-                         variance=clean_acts.var(0).float(), selection=selection, clean_fit=clean_fit,
+        cols = torch.tensor([k for k, f in enumerate(heuristics.best_feature) if f == name], device=acts.device)
+        values = feats.values[name][1].to(acts.device)
+        fit_v, fit_a = values[clean.to(acts.device)][clean_fit.to(acts.device)], clean_acts[clean_fit.to(acts.device)][:, cols]
+        z[:, cols] = (noisy_acts[:, cols] - lookup(values[noisy.to(acts.device)], fit_v, fit_a)) / sd[cols]
+        held = lookup(values[clean.to(acts.device)][~clean_fit.to(acts.device)], fit_v, fit_a)
+        heldout[cols] = ((clean_acts[~clean_fit.to(acts.device)][:, cols] - held) / sd[cols]).abs().mean(0)
+    return OutlierResult(z=z.float().cpu(), heldout_clean_abs_z=heldout.float().cpu(),
+                         variance=clean_acts.var(0).float().cpu(), selection=selection, clean_fit=clean_fit,
                          heuristics=heuristics, z_threshold=z_threshold, ratio=ratio)

@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from memlens import backend
 from memlens.backend import Model
 from memlens.analysis.common import AnalysisError, Result, model_device
 from memlens.analysis.heuristics import HeuristicResult, OutlierResult, candidate_features, lookup
@@ -53,28 +54,94 @@ def logits_with_neurons(model: Model, examples: Examples, neurons: list[Neuron],
                                 f"range: layers 0..{model.cfg.n_layers - 1}, positions "
                                 f"0..{examples.tokens.shape[1] - 1}, neurons 0..{model.cfg.d_mlp - 1}")
     device = model_device(model)
-    by_layer: dict[int, list[int]] = {}
-    for j, (layer, _, _) in enumerate(neurons):
-        by_layer.setdefault(layer, []).append(j)
     out = []
     for start in range(0, len(examples), batch_size):
         batch = examples[start:start + batch_size]
-        hooks = []
-        if values is not None:
-            vals = values[start:start + batch_size].to(device)
-            for layer, cols in by_layer.items():
-                pos = torch.tensor([neurons[j][1] for j in cols], device=device)
-                idx = torch.tensor([neurons[j][2] for j in cols], device=device)
-                col = torch.tensor(cols, device=device)
-
-                def hook(act, hook, pos=pos, idx=idx, col=col, vals=vals):
-                    act[:, pos, idx] = vals[:, col].to(act.dtype)
-                    return act
-
-                hooks.append((f"blocks.{layer}.mlp.hook_post", hook))
-        with model.hooks(fwd_hooks=hooks):
+        vals = None if values is None else values[start:start + batch_size].to(device)
+        with model.hooks(fwd_hooks=_neuron_hooks(neurons, vals, device)):
             out.append(answer_logits(model, batch.tokens.to(device), batch.answer_pos.to(device)).float().cpu())
     return torch.cat(out)
+
+
+def _neuron_hooks(neurons: list[Neuron], vals: Tensor | None, device, offset: int = 0) -> list:
+    """``mlp.hook_post`` hooks that set ``neurons`` to ``vals`` (one column each); ``offset``:
+    the first position the hooked run covers (a run resumed at a later position)."""
+    if vals is None:
+        return []
+    by_layer: dict[int, list[int]] = {}
+    for j, (layer, _, _) in enumerate(neurons):
+        by_layer.setdefault(layer, []).append(j)
+    hooks = []
+    for layer, cols in by_layer.items():
+        pos = torch.tensor([neurons[j][1] - offset for j in cols], device=device)
+        idx = torch.tensor([neurons[j][2] for j in cols], device=device)
+        col = torch.tensor(cols, device=device)
+
+        def hook(act, hook, pos=pos, idx=idx, col=col, vals=vals):
+            act[:, pos, idx] = vals[:, col].to(act.dtype)
+            return act
+
+        hooks.append((f"blocks.{layer}.mlp.hook_post", hook))
+    return hooks
+
+
+class _ResumedRuns:
+    """Answer logits of fixed ``examples`` with neurons of layers >= ``layer`` at positions >=
+    ``position`` set, for many choices of neurons.
+
+    Nothing before ``layer``, nor (causal attention) before ``position``, depends on those
+    neurons, so where the backend can resume a run (:func:`memlens.backend.can_resume`) the
+    residual stream entering ``layer`` and the earlier positions' keys and values are cached
+    once, and each patched run covers layers ``layer..`` at positions ``position..`` only (on
+    FDA small's last layer: 1 of 2 layers at 6 of 16 positions). Otherwise (the 4.x bridge)
+    each run is the whole model with the hooks, as :func:`logits_with_neurons`. Both give the
+    same logits (tests/analysis/test_neuron_patching.py).
+    """
+
+    def __init__(self, model: Model, examples: Examples, layer: int, position: int, batch_size: int = 1024):
+        self.model, self.examples, self.layer, self.position = model, examples, layer, position
+        self.batch_size = batch_size
+        self.fast = backend.can_resume(model) and len(examples) > 0
+        self.answer = (examples.answer_pos - position).tolist()
+        if not self.fast:
+            return
+        if min(self.answer) < 0:
+            raise AnalysisError(f"position {position} is after the first answer-predicting position "
+                                f"{int(examples.answer_pos.min())}")
+        device = model_device(model)
+        names = {f"blocks.{layer}.hook_resid_pre"} | {f"blocks.{i}.attn.hook_{kv}" for i in
+                                                       range(layer, model.cfg.n_layers) for kv in "kv"}
+        self.chunks = []
+        for start in range(0, len(examples), batch_size):
+            with torch.no_grad():
+                _, cache = model.run_with_cache(examples.tokens[start:start + batch_size].to(device),
+                                                names_filter=lambda n: n in names)
+            layers = range(layer, model.cfg.n_layers)
+            self.chunks.append((cache[f"blocks.{layer}.hook_resid_pre"][:, position:],
+                                [cache[f"blocks.{i}.attn.hook_k"][:, :position] for i in layers],
+                                [cache[f"blocks.{i}.attn.hook_v"][:, :position] for i in layers]))
+
+    @torch.no_grad()
+    def logits(self, neurons: list[Neuron], values: Tensor | None) -> Tensor:
+        """As ``logits_with_neurons(model, examples, neurons, values)``."""
+        if not self.fast:
+            return logits_with_neurons(self.model, self.examples, neurons, values, self.batch_size)
+        bad = [n for n in neurons if n[0] < self.layer or n[1] < self.position]
+        if bad:
+            raise AnalysisError(f"neurons {bad[:3]} are before layer {self.layer} or position "
+                                f"{self.position}, where this run resumes")
+        device = model_device(self.model)
+        out = []
+        for i, (resid, keys, vals_kv) in enumerate(self.chunks):
+            start = i * self.batch_size
+            vals = None if values is None else values[start:start + len(resid)].to(device)
+            with self.model.hooks(fwd_hooks=_neuron_hooks(neurons, vals, device, self.position)):
+                if self.position == 0:
+                    logits = backend.run_from_layer(self.model, resid, self.layer)
+                else:
+                    logits = backend.run_suffix(self.model, resid, self.layer, keys, vals_kv)
+            out.append(logits[:, self.answer].float().cpu())
+        return torch.cat(out)
 
 
 def _exact(logits: Tensor, target: Tensor) -> Tensor:
@@ -135,25 +202,27 @@ def neuron_patching(model: Model, examples: Examples, table: NeuronTable, outlie
     def all_predictions(rows: Tensor, feature_set) -> Tensor:
         """Every neuron-position's clean lookup prediction for ``rows``: one lookup per feature."""
         out = torch.empty(len(rows), acts.shape[1])
-        fit_acts = acts[fit_rows].double()
+        fit_acts = acts[fit_rows].to(model_device(model)).double()
         for name in set(heur.best_feature):
             cols = torch.tensor([k for k, f in enumerate(heur.best_feature) if f == name])
             out[:, cols] = lookup(feature_set.values[name][1][rows], feats.values[name][1][fit_rows],
-                                  fit_acts[:, cols]).float()
+                                  fit_acts[:, cols]).float().cpu()
         return out
 
     settings = (("recall", groups["noisy"], examples, feats, "labels"),
                 ("true", groups["noisy"], forced, forced_feats, "true_labels"),
                 ("clean", groups["clean"], examples, feats, "labels"))
     predictions = {key: all_predictions(rows, fs) for key, rows, _, fs, _ in settings}
+    first_layer = min(table.layers)
+    first_pos = min(min(table.positions), int(examples.answer_pos.min()))
+    runs = {key: _ResumedRuns(model, ex[rows], first_layer, first_pos) for key, rows, ex, _, _ in settings}
 
     def measure(cols: Tensor | None) -> dict[str, Tensor]:
         neurons = [] if cols is None else [heur.coords(c) for c in cols.tolist()]
         out = {}
         for key, rows, ex, fs, target in settings:
             vals = None if cols is None else predictions[key][:, cols]
-            logits = logits_with_neurons(model, ex[rows], neurons, vals)
-            out[key] = _exact(logits, getattr(ex, target)[rows])
+            out[key] = _exact(runs[key].logits(neurons, vals), getattr(ex, target)[rows])
         return out
 
     gen = torch.Generator().manual_seed(seed)

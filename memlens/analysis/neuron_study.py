@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from memlens.backend import Model
-from memlens.analysis.common import Result, check_examples
+from memlens.analysis.common import Result, check_examples, model_device
 from memlens.analysis.heuristics import OutlierResult, classify_neurons, score_outliers
 from memlens.analysis.neuron_patching import NeuronPatchingResult, neuron_patching
 from memlens.analysis.neurons import neuron_table
@@ -79,8 +79,9 @@ class NeuronStudyResult(Result):
 
 def _outliers(model, examples: Examples, layer: int, seed: int) -> tuple:
     table = neuron_table(model, examples, layers=[layer])
-    heuristics = classify_neurons(table, examples, seed=seed)
-    return table, score_outliers(table, examples, heuristics, seed=seed)
+    device = model_device(model)  # the per-value sums run where the model does
+    heuristics = classify_neurons(table, examples, seed=seed, device=device)
+    return table, score_outliers(table, examples, heuristics, seed=seed, device=device)
 
 
 def neuron_study(model: Model, examples: Examples, *, null_model=None, null_note: str | None = None,

@@ -21,11 +21,26 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from memlens.tasks.base import Examples
+from memlens.training.fast_forward import FastForward
+
+
+def _is_fast_forward(model) -> bool:
+    """Whether ``model`` is a FastForward, possibly inside DistributedDataParallel (``.module``)
+    or ``torch.compile`` (``._orig_mod``), which pass keyword arguments through."""
+    while not isinstance(model, FastForward):
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return False
+        model = inner
+    return True
 
 
 def answer_logits(model, tokens: Int[Tensor, "n pos"],
                   answer_pos: Int[Tensor, " answer_len"]) -> Float[Tensor, "n answer_len vocab"]:
-    """The model's logits at the answer-predicting positions."""
+    """The model's logits at the answer-predicting positions (a :class:`FastForward` computes
+    its last layer at those positions alone)."""
+    if _is_fast_forward(model):
+        return model(tokens, positions=answer_pos)
     return model(tokens, return_type="logits")[:, answer_pos]
 
 

@@ -3,7 +3,7 @@ import torch
 
 from memlens.analysis import AnalysisError
 from memlens.analysis.heuristics import classify_neurons, score_outliers
-from memlens.analysis.neuron_patching import logits_with_neurons, neuron_patching
+from memlens.analysis.neuron_patching import _ResumedRuns, logits_with_neurons, neuron_patching
 from memlens.analysis.neurons import neuron_table
 from memlens.training.run import load_run
 
@@ -20,6 +20,31 @@ def test_setting_neurons_to_their_own_values_is_a_no_op(fda_tiny):
                                atol=0, rtol=0)
     moved = logits_with_neurons(model, ex, neurons, own + 5.0)
     assert (moved - base).abs().max() > 1e-3  # and a real change does change the logits
+
+
+def test_resumed_runs_equal_whole_runs(fda_tiny):
+    """Resuming at the neurons' layer and first position (cached residual stream, keys and
+    values) gives the whole run's answer logits with the same neurons set."""
+    from memlens import backend
+
+    _, model, data = fda_tiny
+    ex = data.train[:50]
+    table = neuron_table(model, ex)
+    last = model.cfg.n_layers - 1
+    first = min(min(table.positions), int(ex.answer_pos.min()))
+    neurons = [(last, table.positions[0], 5), (last, table.positions[-1], 17)]
+    vals = torch.randn(len(ex), 2) * 3
+    runs = _ResumedRuns(model, ex, last, first, batch_size=16)  # chunks of 16: values sliced per chunk
+    assert runs.fast == backend.can_resume(model)
+    for values in (None, vals):
+        torch.testing.assert_close(runs.logits(neurons, values), logits_with_neurons(model, ex, neurons, values),
+                                   atol=1e-4, rtol=1e-4)
+    from_start = _ResumedRuns(model, ex, 0, 0)
+    torch.testing.assert_close(from_start.logits([(0, 2, 3)], vals[:, :1]),
+                               logits_with_neurons(model, ex, [(0, 2, 3)], vals[:, :1]), atol=1e-4, rtol=1e-4)
+    if runs.fast:
+        with pytest.raises(AnalysisError, match="before layer"):
+            runs.logits([(0, table.positions[0], 1)], vals[:, :1])
 
 
 def test_bad_neurons_and_values(fda_tiny):

@@ -49,3 +49,46 @@ def test_an_unsupported_configuration_is_refused(task_and_tokens):
     assert not supports(model)
     with pytest.raises(ValueError, match="does not cover"):
         FastForward(model)
+
+
+def test_logits_at_chosen_positions_equal_the_full_run(task_and_tokens):
+    """The last layer run at the answer positions alone gives the full run's logits there, and
+    the same gradients (the trainer's loss reads only those positions)."""
+    task, tokens = task_and_tokens
+    model = build_model(ModelConfig(n_layers=3, d_model=32, n_heads=4), task, seed=3)
+    fast = FastForward(model)
+    positions = task.generate(0).train.answer_pos
+    torch.testing.assert_close(fast(tokens, positions=positions), model(tokens)[:, positions],
+                               atol=1e-5, rtol=1e-5)
+    grads = []
+    for forward in (lambda t: model(t)[:, positions], lambda t: fast(t, positions=positions)):
+        model.zero_grad()
+        forward(tokens).log_softmax(-1)[..., 1].mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_answer_logits_uses_positions_through_wrappers(task_and_tokens):
+    from memlens.training.metrics import _is_fast_forward, answer_logits
+
+    task, tokens = task_and_tokens
+    model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=4), task, seed=4)
+    fast = FastForward(model)
+    wrapped = torch.nn.Module()
+    wrapped.module = fast  # the attribute DistributedDataParallel keeps its module under
+    assert _is_fast_forward(fast) and _is_fast_forward(wrapped) and not _is_fast_forward(model)
+    positions = task.generate(0).train.answer_pos
+    torch.testing.assert_close(answer_logits(fast, tokens, positions), answer_logits(model, tokens, positions),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_fused_attention_gives_the_same_logits(task_and_tokens):
+    """The GPU's path (scaled_dot_product_attention), run on the CPU, equals the hooked model."""
+    task, tokens = task_and_tokens
+    model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=4), task, seed=5)
+    fast = FastForward(model)
+    fast.fused_attention = True
+    positions = task.generate(0).train.answer_pos
+    torch.testing.assert_close(fast(tokens), model(tokens), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast(tokens, positions=positions), model(tokens)[:, positions], atol=1e-5, rtol=1e-5)
