@@ -153,6 +153,12 @@ def collect() -> Path:
         record = load(name)
         for h in (record or {}).get("headline", []):
             headline.append(f"| {h['benchmark']} | {h['figure']} | {h['value']} | {h['goal'] or ''} |")
+    times = load("analysis_times")
+    if times:  # benchmarks/analysis_times.py: every analysis of one run, before -> after
+        headline.append(f"| memlens analyze {times['run']}, {times['threads']} thread(s) | seconds, commit "
+                        f"{times['baseline_commit'][:7]} -> now | {times['total_baseline_seconds']:.0f} -> "
+                        f"{times['total_memlens_seconds']:.0f} ({times['total_baseline_seconds'] / times['total_memlens_seconds']:.2f}x) "
+                        f"| <= 60 s on 2 cores |")
     # Later GPU sessions' throughput records sit beside their logs in docs/benchmarks/gpu/.
     later = [json.loads(p.read_text()) for p in sorted((DOCS / "gpu").glob("training_*.json"))]
     for record in [load("training_cpu"), load("training_cuda"), *later]:
@@ -171,7 +177,7 @@ def collect() -> Path:
     lines += gpu_runs_section()
     if load("scaling"):
         lines += scaling_section(load("scaling"))
-    for name in ("patching", "probes", "neurons", "interventions", "data_generation", "backends"):
+    for name in ("analysis_times", "patching", "probes", "neurons", "interventions", "data_generation", "backends"):
         md = DOCS / f"{name}.md"
         if md.exists():
             body = md.read_text().strip().splitlines()

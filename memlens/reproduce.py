@@ -22,7 +22,7 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable
@@ -193,13 +193,58 @@ def analyze_job(job: Job, device: str, threads: int, log_dir: Path, baseline: Pa
     return record
 
 
-def _pool(fn, items: list, jobs: int, describe: Callable[[dict], str], log) -> list[dict]:
-    """``fn`` over ``items``, ``jobs`` at a time; logs each as it finishes."""
+def _schedule(job_list: list[Job], by_cost: list[Job], jobs: int, train, analyze, log
+              ) -> tuple[list[dict], list[dict]]:
+    """Train every job (``by_cost`` order) and analyze each run as soon as it and its noise-free
+    baseline are trained, ``jobs`` processes at a time: trainings are started first, analyses as
+    they become ready, so no core idles while a phase ends.
+    Returns (training records, analysis records), each in the order of ``job_list``."""
+    baseline = {(j.task, j.seed): j for j in job_list if j.role == "baseline"}
+    analyzable = [j for j in job_list if j.role != "baseline"]
+
+    def needs(j: Job) -> list[str]:  # trainings an analysis waits for
+        base = baseline.get((j.task, j.seed)) if j.role == "run" else None
+        return [j.name] + ([base.name] if base is not None else [])
+
+    queue = [("train", j) for j in by_cost]
+    trained: dict[str, dict] = {}
+    analyzed: dict[str, dict] = {}
+    queued = set()
+    counts = {"train": 0, "analyze": 0}
+    totals = {"train": len(job_list), "analyze": None}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(fn, item) for item in items]
-        for done, future in enumerate(as_completed(futures), 1):
-            log(f"[{done}/{len(items)}] {describe(future.result())}")
-    return [f.result() for f in futures]
+        running: dict = {}
+        while queue or running:
+            while queue and len(running) < jobs:
+                kind, j = queue.pop(0)
+                if kind == "train":
+                    running[pool.submit(train, j)] = (kind, j)
+                else:
+                    base = baseline.get((j.task, j.seed)) if j.role == "run" else None
+                    ok_base = base.run_dir if base is not None and trained[base.name]["ok"] else None
+                    running[pool.submit(analyze, j, ok_base)] = (kind, j)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                kind, j = running.pop(future)
+                record = future.result()
+                counts[kind] += 1
+                if kind == "train":
+                    trained[j.name] = record
+                    log(f"[{counts[kind]}/{totals[kind]}] train {record['job']}: "
+                        f"{'ok' if record['ok'] else 'FAILED'} in {record['seconds']:.0f} s (was {record['state_before']})")
+                    for a in analyzable:
+                        if a.name not in queued and all(n in trained for n in needs(a)):
+                            queued.add(a.name)
+                            if trained[a.name]["ok"]:
+                                queue.append(("analyze", a))
+                    # Every run whose own training failed is never analyzed.
+                    totals["analyze"] = sum(1 for a in analyzable if a.name not in trained or trained[a.name]["ok"])
+                else:
+                    analyzed[j.name] = record
+                    log(f"[{counts[kind]}/{totals[kind]}] analyze {record['job']}: "
+                        f"{'ok' if record['ok'] else 'FAILED'} in {record['seconds']:.0f} s")
+    return ([trained[j.name] for j in job_list if j.name in trained],
+            [analyzed[j.name] for j in job_list if j.name in analyzed])
 
 
 def reproduce(preset: str = "small", seeds: int = 5, out: str | Path | None = None, jobs: int = 1,
@@ -226,18 +271,12 @@ def reproduce(preset: str = "small", seeds: int = 5, out: str | Path | None = No
     start = time.perf_counter()
     # Longest first (training steps x batch), so that the last job to finish is a short one.
     by_cost = sorted(job_list, key=lambda j: -j.config.train.steps * j.config.train.batch_size)
-    trained = _pool(lambda j: train_job(j, preset, device, threads, sets, log_dir), by_cost, jobs,
-                    lambda r: f"train {r['job']}: {'ok' if r['ok'] else 'FAILED'} in {r['seconds']:.0f} s "
-                              f"(was {r['state_before']})", log)
-    ok = {r["job"] for r in trained if r["ok"]}
-    pairs = {(j.task, j.seed): j.run_dir for j in job_list if j.role == "baseline" and j.name in ok}
-    to_analyze = [j for j in job_list if j.name in ok and j.role != "baseline"]
-    analyzed = _pool(lambda j: analyze_job(j, device, threads, log_dir,
-                                           pairs.get((j.task, j.seed)) if j.role == "run" else None),
-                     to_analyze, jobs,
-                     lambda r: f"analyze {r['job']}: {'ok' if r['ok'] else 'FAILED'} in {r['seconds']:.0f} s",
-                     log)
+    trained, analyzed = _schedule(
+        job_list, by_cost, jobs,
+        lambda j: train_job(j, preset, device, threads, sets, log_dir),
+        lambda j, baseline: analyze_job(j, device, threads, log_dir, baseline), log)
     records = _merge(trained, analyzed, log_dir)
+    ok = {r["job"] for r in trained if r["ok"]}
     runs = {t: [j.run_dir for j in job_list if j.task == t and j.role == "run"] for t in tasks}
     references = {j.task: j.run_dir for j in job_list if j.role == "reference" and j.name in ok}
     rows = score(runs, references)

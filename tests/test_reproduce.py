@@ -96,3 +96,43 @@ def test_reproduce_tiny_end_to_end_then_reuses_and_resumes(tmp_path):
     assert {r["state_before"] for r in again["runs"]} == {"finished"}
     assert all(r["steps"] == [] for r in again["runs"])  # nothing trained or analyzed again
     assert final.stat().st_mtime_ns == before
+
+
+def test_schedule_analyzes_a_run_once_it_and_its_baseline_are_trained(tmp_path):
+    """Analyses start while other runs still train, each after its own run and its noise-free
+    baseline; a reference has no baseline, and a run whose baseline failed is analyzed
+    without one."""
+    import threading
+    import time
+
+    from memlens.reproduce import _schedule
+
+    jobs = plan("tiny", 2, tmp_path, tasks=("fda",), baselines=2, reference=True)
+    names = [j.name for j in jobs]
+    slow, failed_base = "fda-tiny-memorizer-s0", "fda-tiny-clean-s1"
+    events, lock = [], threading.Lock()
+
+    def note(event):
+        with lock:
+            events.append(event)
+
+    def train(job):
+        note(("train start", job.name))
+        time.sleep(0.6 if job.name == slow else 0.05)
+        note(("train end", job.name))
+        return {"job": job.name, "ok": job.name != failed_base, "seconds": 0.0, "state_before": "new"}
+
+    def analyze(job, baseline):
+        note(("analyze", job.name, None if baseline is None else baseline.name))
+        return {"job": job.name, "ok": True, "seconds": 0.0}
+
+    by_cost = sorted(jobs, key=lambda j: j.name == slow, reverse=True)  # the slow one first
+    trained, analyzed = _schedule(jobs, by_cost, 2, train, analyze, lambda _: None)
+    assert [r["job"] for r in trained] == names
+    analyses = {e[1]: e[2] for e in events if e[0] == "analyze"}
+    assert analyses == {"fda-tiny-s0": "fda-tiny-clean-s0", "fda-tiny-s1": None, slow: None}
+    order = [e[:2] for e in events]
+    assert order.index(("analyze", "fda-tiny-s0")) < order.index(("train end", slow))
+    for run, base in (("fda-tiny-s0", "fda-tiny-clean-s0"), ("fda-tiny-s1", failed_base)):
+        assert order.index(("analyze", run)) > max(order.index(("train end", run)), order.index(("train end", base)))
+    assert [r["job"] for r in analyzed] == ["fda-tiny-s0", "fda-tiny-s1", slow]

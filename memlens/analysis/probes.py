@@ -378,27 +378,26 @@ def probe_study(model: Model, groups: dict[str, Examples], entries: list[tuple[s
     device = model_device(model)
     labels = {k: torch.stack([t.values(v) for t in targets], 1).to(device) for k, v in groups.items()}
 
-    def fitted(net, y_fit):
-        """Probes fitted on ``net``'s activations; returns group name -> correctness (n, K, T)."""
-        x = probe_features(net, fit, positions, chunk_size)
-        mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
-        w, b = fit_softmax_probes(_standardize(x, mean, std), y_fit, n_classes, max_iter=max_iter)
-
-        def correctness(group: str) -> Tensor:
-            z = _standardize(probe_features(net, groups[group], positions, chunk_size), mean, std)
-            return _probe_accuracy(z, labels[group], w, b, n_classes).cpu()
-        return correctness
-
-    trained = fitted(model, labels["fit"])
-    correct = {k: trained(k) for k in groups if k != "fit"}  # (n, K, T) each
-    gen = torch.Generator().manual_seed(seed)
-    shuffled = fitted(model, labels["fit"][torch.randperm(len(fit), generator=gen).to(device)])
-    heldout_shuffled = shuffled("heldout").float().mean(0)
-    heldout_untrained = (fitted(control_model, labels["fit"])("heldout").float().mean(0)
-                         if control_model is not None else None)
+    # Targets that share their eligible positions are fitted together, at those sites only:
+    # a probe at a position a target may not use is never read.
+    by_positions: dict[tuple[int, ...], list[int]] = {}
+    for ti, t in enumerate(targets):
+        by_positions.setdefault(tuple(sorted(eligible[base_label[t.label]])), []).append(ti)
+    x_fit = probe_features(model, fit, positions, chunk_size)
+    x_groups = {g: probe_features(model, ex, positions, chunk_size) for g, ex in groups.items() if g != "fit"}
+    correct = {g: torch.zeros(len(x), len(sites), len(targets), dtype=torch.bool) for g, x in x_groups.items()}
+    for ok_pos, tis in by_positions.items():
+        ks = [k for k, (_, pos) in enumerate(sites) if pos in ok_pos]
+        xk = x_fit[:, ks]
+        mean, std = xk.mean(0), xk.std(0).clamp(min=1e-6)
+        classes = [n_classes[ti] for ti in tis]
+        w, b = fit_softmax_probes(_standardize(xk, mean, std), labels["fit"][:, tis], classes, max_iter=max_iter)
+        for g, x in x_groups.items():
+            hits = _probe_accuracy(_standardize(x[:, ks], mean, std), labels[g][:, tis], w, b, classes).cpu()
+            correct[g][:, torch.tensor(ks)[:, None], torch.tensor(tis)[None, :]] = hits
     majority = [int(torch.bincount(labels["fit"][:, i], minlength=c).argmax()) for i, c in enumerate(n_classes)]
 
-    rows, out = [], []
+    rows, chosen = [], {}
     for ti, t in enumerate(targets):
         ok_pos = set(eligible[base_label[t.label]])
         keep = [k for k, (p, pos) in enumerate(sites) if pos in ok_pos]
@@ -408,19 +407,49 @@ def probe_study(model: Model, groups: dict[str, Examples], entries: list[tuple[s
                              "position": sites[k][1], "group": group, "n": len(hits),
                              "accuracy": float(hits[:, k, ti].float().mean())})
         choosable = [k for k in keep if sites[k][0] in allowed]
-        if not choosable:
+        if choosable:
+            select_acc = correct["select"][:, choosable, ti].float().mean(0)
+            chosen[ti] = (choosable[int(select_acc.argmax())], float(select_acc.max()))
+
+    def heldout_at_chosen(x: Tensor, z_held: Tensor, y_fit: Tensor) -> dict[int, float]:
+        """Held-out accuracy of probes fitted on activations ``x`` (fit group) at each target's
+        chosen site only (the controls are read nowhere else): one small fit per distinct site,
+        where fitting every target at every site cost two full fits more."""
+        out: dict[int, float] = {}
+        for k in sorted({k for k, _ in chosen.values()}):
+            tis = [ti for ti, (kk, _) in chosen.items() if kk == k]
+            xk = x[:, [k]]
+            mean, std = xk.mean(0), xk.std(0).clamp(min=1e-6)
+            w, b = fit_softmax_probes(_standardize(xk, mean, std), y_fit[:, tis],
+                                      [n_classes[ti] for ti in tis], max_iter=max_iter)
+            hits = _probe_accuracy(_standardize(z_held[:, [k]], mean, std), labels["heldout"][:, tis],
+                                   w, b, [n_classes[ti] for ti in tis])  # (n, 1, len(tis))
+            out.update({ti: float(hits[:, 0, j].float().mean()) for j, ti in enumerate(tis)})
+        return out
+
+    gen = torch.Generator().manual_seed(seed)
+    heldout_shuffled = heldout_at_chosen(x_fit, x_groups["heldout"],
+                                         labels["fit"][torch.randperm(len(fit), generator=gen).to(device)])
+    heldout_untrained = None
+    if control_model is not None:
+        heldout_untrained = heldout_at_chosen(probe_features(control_model, fit, positions, chunk_size),
+                                              probe_features(control_model, groups["heldout"], positions, chunk_size),
+                                              labels["fit"])
+
+    out = []
+    for ti, t in enumerate(targets):
+        if ti not in chosen:
             continue
-        select_acc = correct["select"][:, choosable, ti].float().mean(0)
-        k = choosable[int(select_acc.argmax())]
+        k, select_accuracy = chosen[ti]
         held_y = labels["heldout"][:, ti].cpu()
         controls = {"majority": float((held_y == majority[ti]).float().mean()),
-                    "shuffled": float(heldout_shuffled[k, ti])}
+                    "shuffled": heldout_shuffled[ti]}
         if heldout_untrained is not None:
-            controls["untrained"] = float(heldout_untrained[k, ti])
+            controls["untrained"] = heldout_untrained[ti]
         out.append({
             "label": t.label, "variable": t.variable, "column": t.column, "digit": t.digit,
             "n_classes": t.n_classes, "site": {"point": sites[k][0], "position": sites[k][1]},
-            "eligible_positions": sorted(ok_pos), "select_accuracy": float(select_acc.max()),
+            "eligible_positions": sorted(eligible[base_label[t.label]]), "select_accuracy": select_accuracy,
             "controls": controls, "control": max(controls.values()),
             "accuracy": {g: float(h[:, k, ti].float().mean()) for g, h in correct.items()},
             "examples": {g: h[:, k, ti].int().tolist() for g, h in correct.items()},
