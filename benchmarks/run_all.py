@@ -36,7 +36,7 @@ def commands(args) -> dict[str, list[str]]:
     out = {
         "data_generation": [py, str(BENCH / "data_generation.py")],
         "training": [py, str(BENCH / "training_throughput.py"), "--tasks", "fda", "thr",
-                     "--preset", "small", "--steps", "150", "--repeats", "3"],
+                     "--preset", "small", "--steps", "250", "--repeats", "3"],
         "scaling": [py, str(BENCH / "scaling.py")],
     }
     if args.fda_run:

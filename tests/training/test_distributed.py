@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 
 import pytest
 
-from memlens import backend
 from memlens.config import ConfigError
 from memlens.training import make_run_config, train
 from memlens.training.distributed import DistContext, check_batch_size, shard
@@ -31,10 +30,6 @@ def test_a_batch_that_does_not_split_evenly_is_refused():
         check_batch_size(130, DistContext(rank=0, world_size=4))
 
 
-@pytest.mark.xfail(backend.BACKEND == "bridge", strict=True, reason=(
-    "open: on TransformerBridge models `memlens train` under torchrun drifts from one process "
-    "from step 2 on (max 4.5e-3 after 40 steps), though a hand-written DDP loop over the same "
-    "FastForward matches one process to 1e-7 (docs/backends.md, what is left)"))
 def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
     config = make_run_config("fda", "tiny", seed=0, overrides={"train.steps": STEPS})
     single = train(config, tmp_path / "single", device="cpu", progress=False)
