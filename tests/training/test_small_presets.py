@@ -1,4 +1,4 @@
-"""The phenomenon on the small presets (slow: about 6 and 15 minutes on 2 cores).
+"""The phenomenon on the small presets (slow: about 3 and 11 minutes on 2 cores).
 
 Acceptance of the training issue: test accuracy >= 0.95, clean training accuracy >= 0.99, noisy
 memorization >= 0.90, and generalization (test >= 0.9) before memorization (noisy >= 0.5).
@@ -20,5 +20,5 @@ def test_small_preset_generalizes_then_memorizes(tmp_path, task):
     assert final["train_clean_acc"] >= 0.99
     assert final["noisy_memorized_acc"] >= 0.90
     assert result.phases["generalized_first"]
-    # wall time (about 6 and 18 minutes alone on 2 cores) is printed, not asserted: CI machines
+    # wall time (about 3 and 11 minutes alone on 2 cores) is printed, not asserted: CI machines
     # share cores, and a timing assertion would fail on load rather than on behaviour
