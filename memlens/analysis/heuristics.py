@@ -380,17 +380,20 @@ def score_outliers(table: NeuronTable, examples: Examples, heuristics: Heuristic
     clean_fit = _half(int(clean.sum()), gen)
     selection = _half(int(noisy.sum()), gen)
     acts = table.acts.flatten(1).to(device).double()
-    clean_acts, noisy_acts = acts[clean.to(device)], acts[noisy.to(device)]
+    clean, noisy = clean.to(acts.device), noisy.to(acts.device)
+    fit_rows, held_rows = clean_fit.to(acts.device), ~clean_fit.to(acts.device)
+    clean_acts, noisy_acts = acts[clean], acts[noisy]
+    fit_acts, held_acts = clean_acts[fit_rows], clean_acts[held_rows]  # once, not per feature
     sd = clean_acts.std(0).clamp(min=1e-6)
     z = torch.empty_like(noisy_acts)
     heldout = torch.empty(acts.shape[1], dtype=torch.float64, device=acts.device)
     for name in set(heuristics.best_feature):
         cols = torch.tensor([k for k, f in enumerate(heuristics.best_feature) if f == name], device=acts.device)
         values = feats.values[name][1].to(acts.device)
-        fit_v, fit_a = values[clean.to(acts.device)][clean_fit.to(acts.device)], clean_acts[clean_fit.to(acts.device)][:, cols]
-        z[:, cols] = (noisy_acts[:, cols] - lookup(values[noisy.to(acts.device)], fit_v, fit_a)) / sd[cols]
-        held = lookup(values[clean.to(acts.device)][~clean_fit.to(acts.device)], fit_v, fit_a)
-        heldout[cols] = ((clean_acts[~clean_fit.to(acts.device)][:, cols] - held) / sd[cols]).abs().mean(0)
+        fit_v, fit_a = values[clean][fit_rows], fit_acts[:, cols]
+        z[:, cols] = (noisy_acts[:, cols] - lookup(values[noisy], fit_v, fit_a)) / sd[cols]
+        held = lookup(values[clean][held_rows], fit_v, fit_a)
+        heldout[cols] = ((held_acts[:, cols] - held) / sd[cols]).abs().mean(0)
     return OutlierResult(z=z.float().cpu(), heldout_clean_abs_z=heldout.float().cpu(),
                          variance=clean_acts.var(0).float().cpu(), selection=selection, clean_fit=clean_fit,
                          heuristics=heuristics, z_threshold=z_threshold, ratio=ratio)
