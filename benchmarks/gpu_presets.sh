@@ -11,20 +11,9 @@
 #    budgets by their arithmetic, and the chosen ones are timed again on the 2-core machine.
 # Metrics and summaries are packed into OUT_DIR every 30 s, so a call stopped at its limit
 # still returns what was trained so far.
-set -u
-OUT_DIR=${1:?usage: gpu_presets.sh OUT_DIR [SECONDS]}
-BUDGET=${2:-540}
-START=$(date +%s)
-left() { echo $(( BUDGET - ($(date +%s) - START) )); }
-mkdir -p "$OUT_DIR"
-export PYTHONUNBUFFERED=1
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
+. "$(dirname "$0")/gpu_common.sh" "$@"
 RUNS=/tmp/presets
 rm -rf "$RUNS"; mkdir -p "$RUNS"
-ML="python3 -m memlens.cli"
 exec > >(tee -a "$OUT_DIR/log.txt") 2>&1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformer_lens, memlens; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 1

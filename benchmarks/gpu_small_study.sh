@@ -13,20 +13,9 @@
 # come back. Score the unpacked study with `memlens claims` and `memlens report` (as in
 # docs/results/reproduce-small.md), not `memlens reproduce`: without their weights the baselines
 # read as unfinished, and reproduce would train them again.
-set -u
-OUT_DIR=${1:?usage: gpu_small_study.sh OUT_DIR [SECONDS]}
-BUDGET=${2:-540}
-START=$(date +%s)
-left() { echo $(( BUDGET - ($(date +%s) - START) )); }
-mkdir -p "$OUT_DIR"
-export PYTHONUNBUFFERED=1
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
+. "$(dirname "$0")/gpu_common.sh" "$@"
 RUNS=/tmp/study
 rm -rf "$RUNS" /tmp/solo; mkdir -p "$RUNS"
-ML="python3 -m memlens.cli"
 exec > >(tee -a "$OUT_DIR/log.txt") 2>&1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 nproc

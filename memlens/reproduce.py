@@ -202,9 +202,11 @@ def _schedule(job_list: list[Job], by_cost: list[Job], jobs: int, train, analyze
     baseline = {(j.task, j.seed): j for j in job_list if j.role == "baseline"}
     analyzable = [j for j in job_list if j.role != "baseline"]
 
+    def base_of(j: Job) -> Job | None:  # a reference has no baseline
+        return baseline.get((j.task, j.seed)) if j.role == "run" else None
+
     def needs(j: Job) -> list[str]:  # trainings an analysis waits for
-        base = baseline.get((j.task, j.seed)) if j.role == "run" else None
-        return [j.name] + ([base.name] if base is not None else [])
+        return [j.name] + ([base_of(j).name] if base_of(j) is not None else [])
 
     queue = [("train", j) for j in by_cost]
     trained: dict[str, dict] = {}
@@ -220,7 +222,7 @@ def _schedule(job_list: list[Job], by_cost: list[Job], jobs: int, train, analyze
                 if kind == "train":
                     running[pool.submit(train, j)] = (kind, j)
                 else:
-                    base = baseline.get((j.task, j.seed)) if j.role == "run" else None
+                    base = base_of(j)
                     ok_base = base.run_dir if base is not None and trained[base.name]["ok"] else None
                     running[pool.submit(analyze, j, ok_base)] = (kind, j)
             done, _ = wait(running, return_when=FIRST_COMPLETED)

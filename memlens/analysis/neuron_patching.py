@@ -109,14 +109,13 @@ class _ResumedRuns:
             raise AnalysisError(f"position {position} is after the first answer-predicting position "
                                 f"{int(examples.answer_pos.min())}")
         device = model_device(model)
-        names = {f"blocks.{layer}.hook_resid_pre"} | {f"blocks.{i}.attn.hook_{kv}" for i in
-                                                       range(layer, model.cfg.n_layers) for kv in "kv"}
+        layers = range(layer, model.cfg.n_layers)
+        names = {f"blocks.{layer}.hook_resid_pre"} | {f"blocks.{i}.attn.hook_{kv}" for i in layers for kv in "kv"}
         self.chunks = []
         for start in range(0, len(examples), batch_size):
             with torch.no_grad():
                 _, cache = model.run_with_cache(examples.tokens[start:start + batch_size].to(device),
                                                 names_filter=lambda n: n in names)
-            layers = range(layer, model.cfg.n_layers)
             self.chunks.append((cache[f"blocks.{layer}.hook_resid_pre"][:, position:],
                                 [cache[f"blocks.{i}.attn.hook_k"][:, :position] for i in layers],
                                 [cache[f"blocks.{i}.attn.hook_v"][:, :position] for i in layers]))
