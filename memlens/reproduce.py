@@ -35,7 +35,7 @@ from memlens.presets import PRESET_NAMES, get_preset, has_preset
 from memlens.tasks import TASKS, make_task
 from memlens.training import make_run_config
 from memlens.training.config import RunConfig
-from memlens.training.run import CONFIG, FINAL, SUMMARY, RunDirError, read_header
+from memlens.training.run import CONFIG, FINAL, SUMMARY, RunDirError, differing_keys, read_header
 
 ROLES = ("run", "baseline", "reference")
 DEFAULT_TASKS = ("fda", "thr")
@@ -132,9 +132,12 @@ def plan(preset: str, seeds: int, out: Path, tasks=None, overrides: dict | None 
             state = run_state(run_dir)
             if state != "new":
                 stored = read_header(run_dir)["run"]
-                if RunConfig.from_dict(stored).experiment_dict() != config.experiment_dict():
+                stored_experiment = RunConfig.from_dict(stored).experiment_dict()
+                if stored_experiment != config.experiment_dict():
+                    diffs = ", ".join(differing_keys(stored_experiment, config.experiment_dict()))
                     raise RunDirError(f"{run_dir} holds a different run than {name} with these "
-                                      "settings; it is left untouched: choose another --out")
+                                      f"settings (differs in {diffs}; an older memlens's preset?); "
+                                      "it is left untouched: choose another --out or remove it")
             sets = tuple(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in extra.items())
             jobs.append(Job(task, seed, run_dir, config, role, sets))
     return jobs

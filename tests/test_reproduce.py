@@ -35,7 +35,8 @@ def test_a_finished_run_of_another_config_is_left_untouched(tmp_path):
     other = make_run_config("fda", "tiny", 0, {"train.steps": 20, "task.noise_rate": 0.2})
     train(other, tmp_path / "fda-tiny-s0", progress=False)
     before = (tmp_path / "fda-tiny-s0" / "final.safetensors").stat().st_mtime_ns
-    with pytest.raises(RunDirError, match="holds a different run"):
+    # The message names what differs, so a user who upgraded memlens sees why.
+    with pytest.raises(RunDirError, match=r"holds a different run.*differs in .*noise_rate \(0\.2 vs"):
         reproduce("tiny", 1, tmp_path, tasks=("fda",), sets=QUICK, log=lambda _: None)
     assert (tmp_path / "fda-tiny-s0" / "final.safetensors").stat().st_mtime_ns == before
     assert not (tmp_path / "claims.json").exists()

@@ -114,7 +114,7 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> bool:
         raise RunDirError(f"{config_file} holds an invalid run config ({err}); choose another --out") from None
     new = config.experiment_dict()
     if stored_experiment != new:
-        diffs = _diff(stored_experiment, new)
+        diffs = differing_keys(stored_experiment, new)
         raise RunDirError(f"{run_dir} holds a different run (differs in {', '.join(diffs)}); "
                           "choose another --out")
     if not resume:
@@ -124,11 +124,11 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> bool:
     return True
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for key in sorted(set(a) | set(b)):
-            out += _diff(a.get(key), b.get(key), f"{prefix}{key}.")
+            out += differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")
         return out
     return [] if a == b else [f"{prefix[:-1]} ({a!r} vs {b!r})"]
 
