@@ -47,7 +47,9 @@ def inlp_basis(model: Model, fit: Examples, variable: str, *, layer: int, point:
     ``rank_per_iteration`` strongest directions of the probe (top singular vectors of its
     weights): with many classes (200 THR entities) the full row space would be the whole
     residual stream. With ``target_accuracy``, iterations continue (up to ``iterations``) until
-    the probe's accuracy is at most that. ``column`` restricts a multi-column intermediate to one
+    the probe's accuracy is at most that. Iterations also stop once nothing readable is left
+    (the basis spans every direction the activations vary in): the accuracy recorded then is the
+    majority class's, what a probe reads from a constant. ``column`` restricts a multi-column intermediate to one
     column; by default every column is probed. ``shuffle_seed``: fit on shuffled targets (the
     control)."""
     check_examples(model, fit, "fit examples")
@@ -64,27 +66,50 @@ def inlp_basis(model: Model, fit: Examples, variable: str, *, layer: int, point:
     if shuffle_seed is not None:
         y = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(shuffle_seed))]
     n_classes = [int(y[:, i].max()) + 1 for i in range(y.shape[1])]
-    basis = torch.zeros(x.shape[1], 0)
+    d = x.shape[1]
+    # A coordinate whose spread is below this is rounding noise, not information: standardized,
+    # noise of ~1e-7 would become readable (it is a deterministic function of the input).
+    noise_floor = 1e-5 * float(x.std(0).max())
+    _, counts = torch.unique(y, dim=0, return_counts=True)
+    constant_accuracy = float(counts.max() / len(y))  # what a probe reads from nothing
+    basis = torch.zeros(d, 0)
     accuracies = []
 
-    def probe_accuracy(projected: Tensor):
-        mean, std = projected.mean(0), projected.std(0).clamp(min=1e-6)
-        z = ((projected - mean) / std)[:, None]
+    def probe_accuracy(basis: Tensor) -> tuple[float, Tensor | None]:
+        """The probe reads coordinates in the orthogonal complement of ``basis`` (exactly what
+        projecting it out leaves, with no rounding residue of the removed directions)."""
+        complement = _complement(basis, d)
+        if complement.shape[1] == 0:
+            return constant_accuracy, None
+        coords = x @ complement
+        std = coords.std(0)
+        live = std > noise_floor
+        if not bool(live.any()):  # nothing left to read: only the bias, the majority class
+            return constant_accuracy, None
+        complement, coords, std = complement[:, live], coords[:, live], std[live]
+        z = ((coords - coords.mean(0)) / std)[:, None]
         weight, bias = fit_softmax_probes(z, y, n_classes, max_iter=max_iter)
         acc = float((predict_probes(z, weight, bias, n_classes)[:, 0] == y).float().mean())
-        return acc, weight[0] / std[:, None]  # directions in the raw activation space
+        return acc, complement @ (weight[0] / std[:, None])  # directions in the raw space
 
     for _ in range(iterations):
-        acc, directions = probe_accuracy(x - (x @ basis) @ basis.T)
+        acc, directions = probe_accuracy(basis)
         accuracies.append(acc)
-        if target_accuracy is not None and acc <= target_accuracy:
+        if directions is None or (target_accuracy is not None and acc <= target_accuracy):
             return basis, accuracies
-        directions = directions - basis @ (basis.T @ directions)
         u, sv, _ = torch.linalg.svd(directions, full_matrices=False)
         keep = min(rank_per_iteration, int((sv > 1e-6 * sv.max()).sum()))
         basis, _ = torch.linalg.qr(torch.cat([basis, u[:, :keep]], 1))
-    accuracies.append(probe_accuracy(x - (x @ basis) @ basis.T)[0])
+    accuracies.append(probe_accuracy(basis)[0])
     return basis, accuracies
+
+
+def _complement(basis: Tensor, d: int) -> Tensor:
+    """Orthonormal basis ``(d, d - rank)`` of the orthogonal complement of ``basis``'s span."""
+    if basis.shape[1] == 0:
+        return torch.eye(d)
+    q, _ = torch.linalg.qr(torch.cat([basis, torch.eye(d)], 1))
+    return q[:, basis.shape[1]:]
 
 
 def _targets(fit: Examples, variable: str, column: int | None) -> Tensor:

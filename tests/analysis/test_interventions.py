@@ -27,6 +27,21 @@ def test_inlp_stops_once_the_probe_reads_the_majority(fda_tiny):
     assert len(accs) == 3 and basis.shape[1] >= 1  # never reached: every iteration runs
 
 
+def test_inlp_that_takes_every_direction_stops_at_the_majority(fda_tiny):
+    """Never reaching the target, INLP removes 16 directions per iteration until none of the 32
+    is left, then records the majority accuracy (a constant reads nothing) and stops: no probe
+    may read the rounding residue of a projection that removed everything."""
+    from memlens.analysis.interventions import majority_accuracy
+
+    task, model, data = fda_tiny
+    fit = data.splits["train_clean"][:400]
+    basis, accs = inlp_basis(model, fit, "column_sum", layer=1, position=task.layout.eq_pos, column=0,
+                             iterations=10, rank_per_iteration=16, target_accuracy=-1.0)
+    assert basis.shape == (32, 32)
+    assert len(accs) == 3 and accs[0] > accs[-1]
+    assert accs[-1] == majority_accuracy(fit, "column_sum", 0)
+
+
 def test_random_basis_orthonormal():
     q = random_basis(16, 5, seed=1)
     torch.testing.assert_close(q.T @ q, torch.eye(5), atol=1e-5, rtol=0)
