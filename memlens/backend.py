@@ -328,3 +328,50 @@ def run_suffix(model: nn.Module, resid: Tensor, layer: int, keys: list[Tensor],
     mask = torch.ones(len(resid), keys[0].shape[1], dtype=torch.int, device=resid.device)
     cache = TransformerLensKeyValueCache(entries, mask, frozen=True)
     return model(resid, start_at_layer=layer, past_kv_cache=cache, return_type="logits")
+
+
+def has_hooks(model: nn.Module) -> bool:
+    """Whether any hook is attached to one of ``model``'s hook points (e.g. inside a
+    ``model.hooks(...)`` block, or a permanent hook)."""
+    return any(len(hp._forward_hooks) or len(hp._forward_pre_hooks) or len(hp._backward_hooks)
+               for hp in model.hook_dict.values())
+
+
+def _fused(model: nn.Module) -> bool:
+    """Whether the fused forward (FastForward) may stand in for ``model``: a HookedTransformer
+    it covers, with no hook attached (a hook's effect would be lost)."""
+    from memlens.training.fast_forward import supports
+
+    return can_resume(model) and supports(model) and not has_hooks(model)
+
+
+def logits_at(model: nn.Module, tokens: Tensor, positions: Tensor | list[int]) -> Tensor:
+    """``model(tokens)[:, positions]`` (batch, len(positions), vocab), without gradients.
+
+    With nothing hooked, the fused forward runs, its last layer at ``positions`` alone (equal to
+    float rounding, tests/training/test_fast_forward.py); otherwise the model itself.
+    """
+    from memlens.training.fast_forward import FastForward
+
+    index = torch.as_tensor(positions, device=tokens.device)
+    with torch.no_grad():
+        if _fused(model):
+            return FastForward(model)(tokens, positions=index)
+        return model(tokens, return_type="logits")[:, index]
+
+
+def resume_logits(model: nn.Module, resid: Tensor, layer: int, keys: list[Tensor],
+                  values: list[Tensor], queries: list[int] | None = None) -> Tensor:
+    """:func:`run_suffix`'s logits at the suffix indices ``queries`` (all by default).
+
+    A model with no hook attached and a configuration that
+    :class:`memlens.training.fast_forward.FastForward` covers runs its fused suffix, whose last
+    layer computes ``queries`` alone (equal to float rounding); otherwise the model itself runs
+    with its hooks (:func:`run_suffix`) and the logits are indexed afterwards.
+    """
+    from memlens.training.fast_forward import FastForward
+
+    if _fused(model):
+        return FastForward(model).resume(resid, layer, keys, values, queries)
+    logits = run_suffix(model, resid, layer, keys, values)
+    return logits if queries is None else logits[:, queries]

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from memlens import backend
 from memlens.backend import Model
 from memlens.analysis.common import AnalysisError, Result, check_examples, model_device
 from memlens.tasks.base import Examples
@@ -37,7 +38,7 @@ def answered(model: Model, examples: Examples, answer: Tensor | None = None, bat
     pos = examples.answer_pos.to(device)
     out = []
     for i in range(0, len(tokens), batch):
-        preds = model(tokens[i:i + batch].to(device))[:, pos].argmax(-1).cpu()
+        preds = backend.logits_at(model, tokens[i:i + batch].to(device), pos).argmax(-1).cpu()
         out.append((preds == answer[i:i + batch]).all(-1))
     return torch.cat(out).int() if out else torch.zeros(0, dtype=torch.int)
 

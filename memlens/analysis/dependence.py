@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from memlens.backend import Model
+from memlens import backend
 from memlens.analysis.common import AnalysisError, Result, check_examples, model_device
 from memlens.analysis.counterfactuals import matched_counterfactuals
 from memlens.analysis.patching import patch_grid
@@ -41,7 +42,7 @@ KINDS = ("change", "preserve")
 @torch.no_grad()
 def _predict(model, tokens: Tensor, answer_pos: Tensor, batch: int = 4096) -> Tensor:
     device = model_device(model)
-    out = [model(tokens[i:i + batch].to(device))[:, answer_pos.to(device)].argmax(-1).cpu()
+    out = [backend.logits_at(model, tokens[i:i + batch].to(device), answer_pos.to(device)).argmax(-1).cpu()
            for i in range(0, len(tokens), batch)]
     return torch.cat(out) if out else torch.zeros(0, len(answer_pos), dtype=torch.long)
 
@@ -66,17 +67,14 @@ def _outcomes(model, pairs, positions: list[int], chunk_size: int, method: str) 
     labels = original.labels
     hit = lambda preds: (preds == labels.to(preds.device)).all(-1)  # noqa: E731
     base = hit(_predict(model, original.tokens, answer_pos))
-    device = model_device(model)
     grid, inputs = {}, {}
     for kind in KINDS:
         source = with_answer(getattr(pairs, kind), labels)  # differs from original in the edit only
         inputs[kind] = hit(_predict(model, source, answer_pos)).cpu()
 
-        def metric(logits, pos=answer_pos.to(device)):
-            return logits[:, pos].argmax(-1)
-
-        preds = patch_grid(model, source, original.tokens, metric, hook="resid_pre",
-                           positions=positions, chunk_size=chunk_size, method=method)  # (L, P, n, A)
+        preds = patch_grid(model, source, original.tokens, lambda logits: logits.argmax(-1),
+                           hook="resid_pre", positions=positions, chunk_size=chunk_size,
+                           method=method, logit_positions=answer_pos.tolist())  # (L, P, n, A)
         grid[kind] = hit(preds.cpu())
     return GroupOutcome(len(original), base.cpu(), grid, inputs)
 

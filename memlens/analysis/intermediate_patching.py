@@ -132,8 +132,9 @@ def patch_intermediate(model: Model, examples: Examples, variable: str, *, colum
 
     with torch.no_grad():
         base = predictions(model(original.tokens.to(answer_pos.device))).cpu()
-    preds = patch_grid(model, source, original.tokens, predictions, hook=hook, layers=layers,
-                       positions=positions, chunk_size=chunk_size)  # (L, P, n, A)
+    preds = patch_grid(model, source, original.tokens, lambda logits: logits.argmax(-1), hook=hook,
+                       layers=layers, positions=positions, chunk_size=chunk_size,
+                       logit_positions=answer_pos.tolist())  # (L, P, n, A)
     layers_used = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     positions_used = list(range(original.tokens.shape[1])) if positions is None else list(positions)
 

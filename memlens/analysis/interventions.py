@@ -241,11 +241,13 @@ class _SiteRuns:
                 out.append(clean)
                 continue
             changed = fn(resid.clone(), None)[:, self.position:]
-            suffix = backend.run_suffix(self.model, changed, self.layer, keys, values)
+            # Answer slots before the site cannot see the intervention: only the others are run.
+            slots = [j for j, pos in enumerate(self.answer_pos) if pos >= self.position]
             logits = clean.clone()
-            for j, pos in enumerate(self.answer_pos):
-                if pos >= self.position:  # earlier positions cannot see the intervention
-                    logits[:, j] = suffix[:, pos - self.position]
+            if slots:
+                logits[:, slots] = backend.resume_logits(
+                    self.model, changed, self.layer, keys, values,
+                    [self.answer_pos[j] - self.position for j in slots])
             out.append(logits)
         return torch.cat(out)
 

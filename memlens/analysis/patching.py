@@ -90,7 +90,8 @@ def patch_grid(model: Model, source: Int[Tensor, "n pos"], target: Int[Tensor, "
                metric: Callable[[Tensor], Tensor], *, hook: str = "resid_pre",
                layers: list[int] | None = None, positions: list[int] | None = None,
                components: list[int] | None = None, chunk_size: int = 4096,
-               source_cache: dict[str, Tensor] | None = None, method: str = "suffix") -> Tensor:
+               source_cache: dict[str, Tensor] | None = None, method: str = "suffix",
+               logit_positions: list[int] | None = None) -> Tensor:
     """Patch ``source`` activations into the ``target`` run at every grid point.
 
     Returns ``metric`` for every (layer, position[, component]) as a tensor of shape
@@ -99,6 +100,11 @@ def patch_grid(model: Model, source: Int[Tensor, "n pos"], target: Int[Tensor, "
     ``chunk_size`` bounds the number of sequences in one forward pass.
     ``source_cache`` (hook name -> activation) skips the source run when given.
     ``method``: ``"suffix"`` (the engine above) or ``"full"`` (a whole forward per grid point).
+    ``logit_positions``: the positions ``metric`` reads; it then receives the logits there
+    alone, ``(n, len(logit_positions), vocab)``. The engine then computes nothing a patch
+    cannot pass on to them: no run for a patch after the last of them, and in the last layer
+    only those positions (with no hook attached, a ``resid_pre`` grid runs the fused suffix of
+    :func:`memlens.backend.resume_logits`, equal to float rounding).
 
     >>> from memlens.tasks import make_task
     >>> from memlens.models import build_model, ModelConfig
@@ -116,10 +122,15 @@ def patch_grid(model: Model, source: Int[Tensor, "n pos"], target: Int[Tensor, "
     layers, positions, components = check_grid(model, hook, layers, positions, components, n_pos)
     if method not in ("suffix", "full"):
         raise AnalysisError(f"method={method!r} is invalid: expected 'suffix' or 'full'")
+    reads = None if logit_positions is None else check_positions(n_pos, list(logit_positions))
+    if reads is not None:
+        read = lambda logits: metric(logits[:, reads])  # noqa: E731
+    else:
+        read = metric
     device = model_device(model)
     names = sorted({hook_name(hook, layer) for layer in layers})
     if method == "full":
-        return _full_grid(model, source.to(device), target.to(device), metric, hook, layers,
+        return _full_grid(model, source.to(device), target.to(device), read, hook, layers,
                           positions, components)
     if source_cache is None:
         # The source run stops after the last layer it is read at (resid_pre of layer L is
@@ -144,15 +155,17 @@ def patch_grid(model: Model, source: Int[Tensor, "n pos"], target: Int[Tensor, "
     del cache
     if not resume:
         results = _patch_whole(model, target.to(device), target_run, hook, layers, positions,
-                               components, source_cache, metric, chunk_size)
+                               components, source_cache, read, chunk_size)
         return _stack(results, layers, positions, components)
     results: dict[tuple, Tensor] = {}
+    reads = list(range(n_pos)) if reads is None else reads
+    target_read = target_run.logits if logit_positions is None else target_run.logits[:, reads]
     for layer in layers:
         name = hook_name(hook, layer)
         for pos in positions:
             changed = _changed_examples(source_cache[name], target_run.acts[name], pos, components)
             values = _patch_suffix(model, target_run, hook, layer, pos, components, changed,
-                                   source_cache[name], metric, chunk_size)
+                                   source_cache[name], metric, chunk_size, reads, target_read)
             results.update(((layer, pos, c), v) for c, v in zip(components, values))
     return _stack(results, layers, positions, components)
 
@@ -211,8 +224,13 @@ def _changed_examples(src: Tensor, tgt: Tensor, pos: int, components: list) -> l
 @torch.no_grad()
 def _patch_suffix(model, target_run: _TargetRun, kind: str, layer: int, pos: int,
                   components: list, changed: list[Tensor], src: Tensor, metric,
-                  chunk_size: int) -> list[Tensor]:
-    """``metric`` of the patched run for each component at (layer, pos)."""
+                  chunk_size: int, reads: list[int], target_read: Tensor) -> list[Tensor]:
+    """``metric`` of the patched run for each component at (layer, pos). ``reads``: the
+    positions whose logits ``metric`` sees (``target_read``: the target run's there)."""
+    # Only the read positions from ``pos`` on can change; none: the patch changes nothing read.
+    cols = [j for j, q in enumerate(reads) if q >= pos]
+    if not cols:
+        changed = [idx[:0] for idx in changed]
     rows = [(j, ex) for j, idx in enumerate(changed) for ex in idx.tolist()]
     suffix_logits: list[Tensor] = []
     for start in range(0, len(rows), chunk_size):
@@ -220,29 +238,39 @@ def _patch_suffix(model, target_run: _TargetRun, kind: str, layer: int, pos: int
         comp_of_row = torch.tensor([j for j, _ in chunk], device=src.device)
         examples = torch.tensor([ex for _, ex in chunk], device=src.device)
         suffix_logits.append(_suffix_forward(model, target_run, kind, layer, pos, components,
-                                             comp_of_row, examples, src))
+                                             comp_of_row, examples, src,
+                                             [reads[j] - pos for j in cols]))
     suffix = torch.cat(suffix_logits) if suffix_logits else None
     values, offset = [], 0
+    col_index = torch.tensor(cols, device=target_read.device)
     for idx in changed:
-        logits = target_run.logits
+        logits = target_read
         if len(idx):
             logits = logits.clone()
-            logits[idx, pos:] = suffix[offset:offset + len(idx)]
+            logits[idx[:, None], col_index] = suffix[offset:offset + len(idx)]
             offset += len(idx)
         values.append(torch.as_tensor(metric(logits)).detach().cpu())
     return values
 
 
 def _suffix_forward(model, target_run: _TargetRun, kind: str, layer: int, pos: int,
-                    components: list, comp_of_row: Tensor, examples: Tensor, src: Tensor) -> Tensor:
-    """Logits at positions ``pos``.. of the target run of ``examples``, patched at (layer, pos)
-    with the source activation (of component ``components[comp_of_row[r]]`` for row r)."""
+                    components: list, comp_of_row: Tensor, examples: Tensor, src: Tensor,
+                    queries: list[int]) -> Tensor:
+    """Logits at suffix indices ``queries`` (positions ``pos + q``) of the target run of
+    ``examples``, patched at (layer, pos) with the source activation (of component
+    ``components[comp_of_row[r]]`` for row r)."""
     rows = torch.arange(len(examples), device=src.device)
     if components == [None]:
         patch_value = src[examples, pos]
     else:
         comp = torch.tensor(components, device=src.device)[comp_of_row]
         patch_value = src[examples, pos, comp]
+    resid = target_run.acts[f"blocks.{layer}.hook_resid_pre"][examples, pos:]
+    keys, values = target_run.prefix_kv(model, layer, pos, examples)
+    if kind == "resid_pre":  # the patch is the suffix's first input: no hook needed
+        resid = resid.clone()
+        resid[:, 0] = patch_value.to(resid.dtype)
+        return backend.resume_logits(model, resid, layer, keys, values, queries)
 
     def patch(act: Tensor, hook) -> Tensor:
         if components == [None]:
@@ -251,10 +279,8 @@ def _suffix_forward(model, target_run: _TargetRun, kind: str, layer: int, pos: i
             act[rows, 0, comp] = patch_value.to(act.dtype)
         return act
 
-    resid = target_run.acts[f"blocks.{layer}.hook_resid_pre"][examples, pos:]
-    keys, values = target_run.prefix_kv(model, layer, pos, examples)
     with model.hooks(fwd_hooks=[(hook_name(kind, layer), patch)]):
-        return backend.run_suffix(model, resid, layer, keys, values)
+        return backend.run_suffix(model, resid, layer, keys, values)[:, queries]
 
 
 @torch.no_grad()

@@ -107,9 +107,35 @@ class FastForward(nn.Module):
         x = self._norm(w, "ln_final", x).reshape(n * width, -1)
         return torch.addmm(w["unembed.b_U"], x, w["unembed.W_U"]).view(n, width, -1)
 
+    @torch.no_grad()
+    def resume(self, resid: torch.Tensor, layer: int, keys: list[torch.Tensor],
+               values: list[torch.Tensor], queries: list[int] | None = None) -> torch.Tensor:
+        """Logits of a suffix of positions ``p..``, run from ``layer`` on (no gradients).
+
+        ``resid`` (batch, s, d_model) is the residual stream entering ``layer`` at positions
+        ``p..p+s-1``; ``keys[i]`` and ``values[i]`` (batch, p, heads, d_head, TransformerLens'
+        cache layout) are layer ``layer + i``'s keys and values of the positions before ``p``.
+        With ``queries`` (indices into the suffix) the last layer runs its queries, attention
+        output, MLP and unembedding there alone: (batch, len(queries), vocab). Equals
+        :func:`memlens.backend.run_suffix` to float rounding (tests/training/test_fast_forward.py).
+        """
+        cfg = self.model.cfg
+        w = canonical_params(self.model)
+        x = resid
+        index = None if queries is None else torch.as_tensor(queries, device=resid.device)
+        for i, block in enumerate(range(layer, cfg.n_layers)):
+            last = index is not None and block == cfg.n_layers - 1
+            prefix = (keys[i].transpose(1, 2), values[i].transpose(1, 2))  # (batch, heads, p, d_head)
+            x = self._block(w, f"blocks.{block}", x, index if last else None, prefix)
+        n, width = x.shape[:2]
+        x = self._norm(w, "ln_final", x).reshape(n * width, -1)
+        return torch.addmm(w["unembed.b_U"], x, w["unembed.W_U"]).view(n, width, -1)
+
     def _block(self, w: dict[str, torch.Tensor], p: str, x: torch.Tensor,
-               queries: torch.Tensor | None) -> torch.Tensor:
-        """One transformer block; with ``queries`` (positions), its output at those alone."""
+               queries: torch.Tensor | None,
+               prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """One transformer block; with ``queries`` (positions), its output at those alone;
+        with ``prefix`` (keys, values of earlier positions), ``x`` is the suffix after them."""
         cfg = self.model.cfg
         n, pos, _ = x.shape
         heads, d_head = cfg.n_heads, cfg.d_head
@@ -119,7 +145,12 @@ class FastForward(nn.Module):
         b_qkv = torch.stack([w[f"{p}.attn.b_{c}"] for c in "QKV"]).reshape(-1)
         q, k, v = torch.addmm(b_qkv, h.reshape(n * pos, -1), w_qkv).view(n, pos, 3, heads, d_head) \
             .permute(2, 0, 3, 1, 4).unbind(0)  # each (n, heads, pos, d_head)
-        mask = torch.ones(pos, pos, dtype=torch.bool, device=x.device).triu(1)
+        before = 0
+        if prefix is not None and prefix[0].shape[2]:
+            before = prefix[0].shape[2]
+            k, v = torch.cat([prefix[0].to(k.dtype), k], 2), torch.cat([prefix[1].to(v.dtype), v], 2)
+        # Query i (absolute position before + i) sees keys 0..before + i.
+        mask = torch.ones(pos, before + pos, dtype=torch.bool, device=x.device).triu(before + 1)
         if queries is not None:
             q, mask, x = q[:, :, queries], mask[queries], x[:, queries]
         if x.is_cuda if self.fused_attention is None else self.fused_attention:

@@ -100,6 +100,43 @@ def test_equals_transformer_lens_when_most_activations_are_equal(near_pair, kind
     assert torch.equal(got[0, 0].reshape(-1)[0], base)
 
 
+@pytest.mark.parametrize("kind,tl_fn", [
+    ("resid_pre", tl_patching.get_act_patch_resid_pre),
+    ("attn_out", tl_patching.get_act_patch_attn_out),
+    ("z", tl_patching.get_act_patch_attn_head_out_by_pos),
+])
+@pytest.mark.parametrize("hooked", [False, True])
+def test_logit_positions_equal_transformer_lens(near_pair, kind, tl_fn, hooked):
+    """A metric that declares the positions it reads gets the logits there alone and the same
+    values as TransformerLens' loop over whole runs; the fused resid_pre suffix (no hook on the
+    model) and the model's own run (a hook attached) agree."""
+    model, clean, corrupted = near_pair
+    answer = clean.answer_pos.tolist()
+    per_example = lambda logits: logits.log_softmax(-1).gather(-1, clean.labels[..., None]).mean()  # noqa: E731
+    _, cache = model.run_with_cache(clean.tokens)
+    with torch.no_grad():
+        want = tl_fn(model, corrupted, cache, lambda logits: per_example(logits[:, answer]))
+    seen = []
+    extra = [("blocks.0.hook_resid_pre", lambda act, hook: seen.append(1))] if hooked else []
+    with model.hooks(fwd_hooks=extra):
+        got = patch_grid(model, clean.tokens, corrupted, per_example, hook=kind, chunk_size=8,
+                         logit_positions=answer)
+    assert got.shape == want.shape and bool(seen) == hooked
+    torch.testing.assert_close(got, want.cpu(), atol=1e-5, rtol=0)
+    # After the last position read, a patch cannot reach the metric: exactly the unpatched value.
+    with torch.no_grad():
+        base = per_example(model(corrupted)[:, answer])
+    last = got[:, -1].flatten()
+    assert torch.equal(last, base.expand(len(last)))
+
+
+def test_logit_positions_out_of_range(pair):
+    model, clean, corrupted = pair
+    with pytest.raises(AnalysisError, match="99"):
+        patch_grid(model, clean.tokens, corrupted.tokens, lambda logits: logits.sum(),
+                   logit_positions=[0, 99])
+
+
 def test_neurons_equal_one_hook_per_grid_point(near_pair):
     model, clean, corrupted = near_pair
     metric = label_logprob_metric(clean)

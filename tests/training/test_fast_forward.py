@@ -92,3 +92,54 @@ def test_fused_attention_gives_the_same_logits(task_and_tokens):
     positions = task.generate(0).train.answer_pos
     torch.testing.assert_close(fast(tokens), model(tokens), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fast(tokens, positions=positions), model(tokens)[:, positions], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_resumed_suffix_equals_the_full_run(task_and_tokens, fused):
+    """Run from layer L at positions p.. with the earlier positions' keys and values: the logits
+    equal the full run's there, and with ``queries`` at those suffix positions alone."""
+    from memlens import backend
+
+    task, tokens = task_and_tokens
+    model = build_model(ModelConfig(n_layers=3, d_model=32, n_heads=4), task, seed=6)
+    if not backend.can_resume(model):
+        pytest.skip("the suffix engine resumes HookedTransformer runs only (docs/backends.md)")
+    fast = FastForward(model)
+    fast.fused_attention = fused
+    full, cache = model.run_with_cache(tokens)
+    answer = task.generate(0).train.answer_pos.tolist()
+    for layer in range(3):
+        for p in (0, 4, answer[1], tokens.shape[1] - 1):
+            keys = [cache[f"blocks.{i}.attn.hook_k"][:, :p] for i in range(layer, 3)]
+            values = [cache[f"blocks.{i}.attn.hook_v"][:, :p] for i in range(layer, 3)]
+            resid = cache[f"blocks.{layer}.hook_resid_pre"][:, p:]
+            torch.testing.assert_close(fast.resume(resid, layer, keys, values), full[:, p:],
+                                       atol=1e-5, rtol=1e-5)
+            queries = [q - p for q in answer if q >= p]
+            if queries:
+                got = fast.resume(resid, layer, keys, values, queries)
+                torch.testing.assert_close(got, full[:, [p + q for q in queries]], atol=1e-5, rtol=1e-5)
+                # The dispatcher: fused without hooks, the model itself (and its hooks) with one.
+                torch.testing.assert_close(backend.resume_logits(model, resid, layer, keys, values, queries),
+                                           got, atol=1e-5, rtol=1e-5)
+    seen = []
+    with model.hooks(fwd_hooks=[("blocks.2.hook_resid_pre", lambda act, hook: seen.append(1))]):
+        assert backend.has_hooks(model)
+        backend.resume_logits(model, resid, 2, keys[-1:], values[-1:], queries)
+    assert seen and not backend.has_hooks(model)
+
+
+def test_logits_at_uses_the_fused_forward_only_without_hooks(task_and_tokens):
+    from memlens import backend
+
+    task, tokens = task_and_tokens
+    model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=4), task, seed=7)
+    positions = task.generate(0).train.answer_pos
+    with torch.no_grad():
+        want = model(tokens)[:, positions]
+    torch.testing.assert_close(backend.logits_at(model, tokens, positions), want, atol=1e-5, rtol=1e-5)
+    zero = lambda act, hook: act * 0  # noqa: E731 -- a hook that changes the output
+    with model.hooks(fwd_hooks=[("blocks.1.hook_resid_post", zero)]):
+        hooked = backend.logits_at(model, tokens, positions)
+        torch.testing.assert_close(hooked, model(tokens)[:, positions])
+    assert not torch.allclose(hooked, want)
