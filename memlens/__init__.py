@@ -20,19 +20,55 @@ Tasks, training and analyses on TransformerLens models (``HookedTransformer`` on
   writes them for many examples into one offline page).
 """
 
-from memlens.analysis import (
-    behaviour, classify_neurons, edge_attribution, encoding, faithfulness, fit_probes,
-    fourier_neurons, intermediate_dependence, intervene, logit_lens, make_counterfactuals,
-    matched_counterfactuals, neuron_patching, neuron_study, neuron_table, patch_grid,
-    patch_intermediate, probe_study, run_with_patch, score_outliers,
-)
-from memlens.analysis.runner import analyze_run, load_analysis
-from memlens.claims import claim_verdicts, score_run_dirs
-from memlens.reproduce import reproduce
-from memlens.tasks import Dataset, Examples, Intermediate, TaskBase, make_task, register_task
-from memlens.training import Run, load_run, make_run_config, phase_summary, train
-from memlens.viz.explore import explain
-from memlens.viz.report import write_report
+import importlib
+import sys
+import types
+
+# Names are imported on first use (PEP 562): `memlens data ...` and the reproduce scheduler
+# need neither TransformerLens nor plotly, which take seconds to import.
+_WHERE = {
+    "memlens.analysis": (
+        "behaviour", "classify_neurons", "edge_attribution", "encoding", "faithfulness",
+        "fit_probes", "fourier_neurons", "intermediate_dependence", "intervene", "logit_lens",
+        "make_counterfactuals", "matched_counterfactuals", "neuron_patching", "neuron_study",
+        "neuron_table", "patch_grid", "patch_intermediate", "probe_study", "run_with_patch",
+        "score_outliers"),
+    "memlens.analysis.runner": ("analyze_run", "load_analysis"),
+    "memlens.claims": ("claim_verdicts", "score_run_dirs"),
+    "memlens.reproduce": ("reproduce",),
+    "memlens.tasks": ("Dataset", "Examples", "Intermediate", "TaskBase", "make_task", "register_task"),
+    "memlens.training": ("Run", "load_run", "make_run_config", "phase_summary", "train"),
+    "memlens.viz.explore": ("explain",),
+    "memlens.viz.report": ("write_report",),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+
+
+class _Package(types.ModuleType):
+    """``memlens.reproduce`` stays the function once the submodule of that name is imported
+    (importing a submodule sets the package attribute to the module)."""
+
+    def __getattribute__(self, name: str):
+        value = super().__getattribute__(name)
+        if name == "reproduce" and isinstance(value, types.ModuleType):
+            value = value.reproduce
+        return value
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str):
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'memlens' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE_OF))
+
 
 __version__ = "0.2.0"
 

@@ -101,3 +101,18 @@ def test_an_analysis_that_does_not_apply_names_the_ones_that_do(tmp_path, capsys
     train(make_run_config("fda", "tiny", 0, {"train.steps": 5}), run, progress=False)
     assert main(["analyze", str(run), "--only", "fourier"]) == 2
     assert "fourier do(es) not apply to the fda task" in capsys.readouterr().err
+
+
+def test_the_data_command_imports_neither_transformer_lens_nor_the_analyses():
+    """`memlens data` and `import memlens` are quick: the package imports its names on first
+    use; the public names still resolve to the functions (also `reproduce`, whose submodule
+    shares its name)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, types; import memlens.cli; "
+            "assert 'transformer_lens' not in sys.modules and 'memlens.analysis' not in sys.modules; "
+            "import memlens.reproduce; from memlens import reproduce, load_run, patch_grid; "
+            "assert not isinstance(reproduce, types.ModuleType) and callable(patch_grid); "
+            "assert set(memlens.__all__) <= set(dir(memlens))")
+    subprocess.run([sys.executable, "-c", code], check=True)
