@@ -2,7 +2,7 @@
 # Set up (if needed) and run the main job: a quick end-to-end reproduction on the CPU.
 # Shows both tasks' data, then `memlens reproduce` on the quick preset (three-digit addition: two
 # seeds with noise, a noise-free baseline and the pure-memorizer reference, two runs at a time):
-# training, every analysis, the report, the explorer page and the claims scorecard. About 5
+# training, every analysis, the report, the explorer page and the claims scorecard. About 4
 # minutes on 2 cores. Finished runs are reused on a second call; the full study is
 # `memlens reproduce --preset small` (both tasks, 5 seeds).
 set -euo pipefail
