@@ -280,7 +280,7 @@ def _suffix_forward(model, target_run: _TargetRun, kind: str, layer: int, pos: i
         return act
 
     with model.hooks(fwd_hooks=[(hook_name(kind, layer), patch)]):
-        return backend.run_suffix(model, resid, layer, keys, values)[:, queries]
+        return backend.resume_logits(model, resid, layer, keys, values, queries)  # hooked: the model's own run
 
 
 @torch.no_grad()
