@@ -43,7 +43,7 @@ from memlens.models import build_model  # noqa: E402
 from memlens.tasks import task_from_config  # noqa: E402
 from memlens.training import make_run_config, train  # noqa: E402
 from memlens.training.metrics import answer_loss  # noqa: E402
-from memlens.training.trainer import BatchSampler, make_optimizer  # noqa: E402
+from memlens.training.trainer import BatchSampler, make_optimizer, resolve_precision  # noqa: E402
 
 
 def sync(device: str) -> None:
@@ -156,12 +156,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                        help="every path trains in it (auto: what the trainer resolves it to here)")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--out", default=None, help="JSON file (default docs/benchmarks/training_<device>.json)")
     args = parser.parse_args()
     if args.device == "cpu":
         torch.set_num_threads(2)
+    args.precision = resolve_precision(args.precision, args.device)
     results = [bench_task(t, args.preset, args.steps, args.repeats, args.device, args.precision,
                           args.compile) for t in args.tasks]
     machine = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.machine()}, {torch.get_num_threads()} torch threads"

@@ -72,6 +72,7 @@ def predict(model, examples: Examples, target: str = "labels",
         batch = examples[start:start + batch_size]
         answer = getattr(batch, target)
         tokens = with_answer(batch, answer) if target != "labels" else batch.tokens
+        tokens = tokens[:, : int(batch.answer_pos.max()) + 1]  # later positions reach no answer
         logits = answer_logits(model, tokens.to(device), batch.answer_pos.to(device)).float()
         preds.append(logits.argmax(-1).cpu())
         logp = logits.log_softmax(-1).cpu()

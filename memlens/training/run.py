@@ -134,13 +134,14 @@ def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def write_run_header(run_dir: Path, config: RunConfig, dataset: Dataset, tokenizer: MemlensTokenizer,
-                     device: str) -> None:
-    """config.json and tokenizer.json, written before training starts."""
+                     device: str, precision: str | None = None) -> None:
+    """config.json and tokenizer.json, written before training starts. ``precision``: what
+    ``train.precision`` resolved to on this machine (``auto`` is bf16 or fp32)."""
     (run_dir / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / CONFIG, {
         "run": config.to_dict(), "dataset_hash": dataset.content_hash,
         "dataset_stats": dict(dataset.stats), "versions": versions(), "device": device,
-        "fingerprint": config.fingerprint(),
+        "precision": precision or config.train.precision, "fingerprint": config.fingerprint(),
     })
     tokenizer.save(run_dir / TOKENIZER)
 

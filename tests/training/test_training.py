@@ -156,3 +156,28 @@ def test_cli_train_prints_run_and_metrics(tmp_path, capsys):
 def test_bad_preset_refused():
     with pytest.raises(ConfigError, match="preset='medium'"):
         make_run_config("fda", "medium")
+
+
+def test_auto_precision_is_recorded_and_kept_on_resume(tmp_path):
+    """``auto`` resolves on the machine that starts the run, is written into config.json and
+    summary.json, and a resumed run keeps the precision it started in."""
+    from memlens.training.trainer import resolve_precision
+
+    cfg = make_run_config("fda", "tiny", overrides={"train.steps": 40, "train.precision": "auto",
+                                                     "train.resume_every": 10})
+    here = resolve_precision("auto", "cpu")
+    assert here in ("bf16", "fp32")
+
+    def stop_at_20(step, row):
+        if step == 20:
+            raise Interrupt
+
+    run = tmp_path / "run"
+    with pytest.raises(Interrupt):
+        train(cfg, run, device="cpu", progress=False, callback=stop_at_20)
+    header = json.loads((run / "config.json").read_text())
+    assert header["precision"] == here and header["run"]["train"]["precision"] == "auto"
+    other = "fp32" if here == "bf16" else "bf16"  # as if started on another machine
+    (run / "config.json").write_text(json.dumps({**header, "precision": other}))
+    train(cfg, run, device="cpu", progress=False, resume=True)
+    assert json.loads((run / "summary.json").read_text())["precision"] == other
