@@ -360,6 +360,67 @@ def logits_at(model: nn.Module, tokens: Tensor, positions: Tensor | list[int]) -
         return model(tokens, return_type="logits")[:, index]
 
 
+_RECORDED = {"hook_resid_pre": "resid", "hook_resid_post": "resid", "attn.hook_k": "keys",
+             "attn.hook_v": "values"}
+
+
+def _recorded_as(name: str, n_layers: int) -> tuple[str, int] | None:
+    """Where :meth:`FastForward.record`'s output holds hook ``name``: (``resid``, ``keys`` or
+    ``values``, index), or None when it does not record it. A layer's resid_post is the next
+    layer's resid_pre (the same tensor in TransformerLens)."""
+    parts = name.split(".")
+    if len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit() or int(parts[1]) >= n_layers:
+        return None
+    kind = _RECORDED.get(".".join(parts[2:]))
+    if kind is None:
+        return None
+    return kind, int(parts[1]) + (parts[2] == "hook_resid_post")
+
+
+def recorded_run(model: nn.Module, tokens: Tensor, names: set[str] | list[str],
+                 stop_at_layer: int | None = None, logit_positions: list[int] | None = None,
+                 return_logits: bool = True) -> tuple[Tensor | None, dict[str, Tensor]]:
+    """``model.run_with_cache(tokens, names_filter=names, stop_at_layer=...)`` without
+    gradients, as ``(output, {name: activation})``; the output is the logits (at
+    ``logit_positions`` alone when given; None with ``return_logits=False``), or the residual
+    stream entering ``stop_at_layer``.
+
+    A model :func:`resume_logits` would run fused, asked only for layers' ``hook_resid_pre``,
+    ``hook_resid_post``, ``attn.hook_k`` and ``attn.hook_v``, is recorded by the fused forward
+    (:meth:`FastForward.record`, equal to float rounding); anything else runs the model's own
+    ``run_with_cache``. As there, a run stopped at layer ``l`` fires no hook of layer ``l`` or
+    later.
+    """
+    from memlens.training.fast_forward import FastForward
+
+    names = set(names)
+    n_layers = model.cfg.n_layers
+    index = None if logit_positions is None else torch.as_tensor(logit_positions, device=tokens.device)
+    where = {name: _recorded_as(name, n_layers) for name in names}
+    # With logit positions the last layer's output would exist at those alone: when its
+    # resid_post is asked for, the whole run is recorded and the logits indexed afterwards.
+    partial = index is not None and stop_at_layer is None and any(
+        w is not None and w[0] == "resid" and w[1] == n_layers for w in where.values())
+    with torch.no_grad():
+        if _fused(model) and None not in where.values():
+            out, resid, keys, values = FastForward(model).record(
+                tokens, stop_at_layer, None if partial else index, logits=return_logits)
+            fired = n_layers if stop_at_layer is None else stop_at_layer  # layers run
+            found = {"resid": resid, "keys": keys, "values": values}
+            acts = {name: found[kind][i] for name, (kind, i) in where.items()
+                    if i < fired or (kind == "resid" and i == fired and not name.endswith("resid_pre"))}
+            if stop_at_layer is not None:
+                return resid[-1], acts
+            return (out[:, index] if partial and out is not None else out), acts
+        out, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names,
+                                          stop_at_layer=stop_at_layer,
+                                          return_type="logits" if return_logits else None)
+        acts = {name: cache[name] for name in names if name in cache.cache_dict}
+        if index is not None and out is not None and stop_at_layer is None:
+            out = out[:, index]
+        return out, acts
+
+
 def resume_logits(model: nn.Module, resid: Tensor, layer: int, keys: list[Tensor],
                   values: list[Tensor], queries: list[int] | None = None) -> Tensor:
     """:func:`run_suffix`'s logits at the suffix indices ``queries`` (all by default).

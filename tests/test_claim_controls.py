@@ -143,3 +143,21 @@ def test_memorizer_keyed_on_the_intermediate_alone_fails_5b(tmp_path):
     rows = scored(tmp_path, "intermediate")
     assert rows["4a"]["verdict"] == "holds"
     assert rows["5b"]["verdict"] == "does not hold", rows["5b"]  # the preserving input keeps it
+
+
+def test_held_out_group_is_patched_at_the_site_only_and_matches_the_full_sweep():
+    """The held-out clean group is read at the chosen site alone; its outcomes there equal a
+    full sweep's of the same examples (the noisy group, swept everywhere, gets the same pairs)."""
+    task, noisy, model = memorizer("distributed")
+    res = intermediate_dependence(model, noisy, "column_sum", 0, clean_select=noisy[: len(noisy) // 2],
+                                  clean_heldout=noisy, seed=0, method="full")
+    assert {k: res.site[k] for k in ("layer", "position")} == SITE
+    held, swept = res.groups["clean_heldout"], res.groups["noisy"]
+    assert held.n == swept.n > 0.9 * len(noisy)  # examples with both counterfactuals
+    assert tuple(held.grid["change"].shape) == (1, 1, held.n)
+    assert tuple(swept.grid["change"].shape) == (len(res.layers), len(res.positions), swept.n)
+    assert res.at_site("clean_heldout") == res.at_site("noisy")
+    at_site = res.summary()["clean_heldout"]["mean"]
+    assert at_site["patch_preserve"] - at_site["patch_change"] > 0.9  # the site carries the recall
+    frame = res.to_frame()
+    assert set(frame[frame["group"] == "clean_heldout"]["layer"]) == {SITE["layer"]}

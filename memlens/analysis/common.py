@@ -112,6 +112,7 @@ def model_device(model) -> torch.device:
 def cached_activations(model, tokens: Tensor, hook_names: list[str], positions: list[int] | None = None,
                        chunk_size: int = 1024) -> dict[str, Tensor]:
     """Activations at ``hook_names`` (only those: ``names_filter``), for ``positions``, on the CPU.
+    The run stops after the last layer it needs (:func:`stop_layer`).
 
     Cached chunk by chunk so that memory stays bounded by ``chunk_size`` sequences of the
     requested hooks, never the whole cache.
@@ -119,14 +120,43 @@ def cached_activations(model, tokens: Tensor, hook_names: list[str], positions: 
     wanted = set(hook_names)
     out: dict[str, list[Tensor]] = {name: [] for name in hook_names}
     device = model_device(model)
+    stop = stop_layer(hook_names, model.cfg.n_layers)
+    handed_on = None if stop is None else f"blocks.{stop}.hook_resid_pre"
     for part in chunks(len(tokens), chunk_size):
-        _, cache = model.run_with_cache(tokens[part].to(device), names_filter=lambda n: n in wanted,
-                                        return_type=None)
+        # TransformerLens' own run, not the fused record: probes fitted on features 1e-6 apart
+        # end elsewhere where L-BFGS has not converged (tests/test_cross_version.py).
+        resid, cache = model.run_with_cache(tokens[part].to(device), names_filter=lambda n: n in wanted,
+                                            stop_at_layer=stop, return_type=None)
         for name in hook_names:
-            act = cache[name]
+            act = resid if name == handed_on else cache[name]
             out[name].append((act if positions is None else act[:, positions]).cpu())
         del cache
     return {name: torch.cat(parts) for name, parts in out.items()}
+
+
+_EMBEDDING_HOOKS = frozenset({"hook_embed", "hook_pos_embed"})
+
+
+def stop_layer(hook_names: Iterable[str], n_layers: int) -> int | None:
+    """The ``stop_at_layer`` that still fires every hook of ``hook_names`` (None: the whole
+    model). A run stopped at layer ``l`` returns ``blocks.{l}.hook_resid_pre`` (what the last
+    block run hands on) without firing it.
+
+    >>> stop_layer(["blocks.1.hook_resid_pre"], 4), stop_layer(["blocks.1.attn.hook_z"], 4)
+    (1, 2)
+    >>> stop_layer(["blocks.3.hook_resid_post"], 4) is None, stop_layer(["ln_final.hook_scale"], 4)
+    (True, None)
+    """
+    need = 1  # a run stopped at 0 runs no block: keep it out of the backends' edge cases
+    for name in hook_names:
+        if name in _EMBEDDING_HOOKS:
+            continue
+        parts = name.split(".")
+        if parts[0] != "blocks" or len(parts) < 3 or not parts[1].isdigit():
+            return None
+        layer = int(parts[1])
+        need = max(need, layer if name == f"blocks.{layer}.hook_resid_pre" else layer + 1)
+    return need if need < n_layers else None
 
 
 def to_jsonable(value: Any) -> Any:

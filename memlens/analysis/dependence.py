@@ -53,15 +53,22 @@ class GroupOutcome:
 
     n: int
     base: Tensor                        # (n,) unpatched
-    grid: dict[str, Tensor]             # kind -> (layers, positions, n)
+    grid: dict[str, Tensor]             # kind -> (len(layers), len(positions), n)
     inputs: dict[str, Tensor]           # kind -> (n,) counterfactual input, original label forced
+    layers: list[int]                   # the grid's own coordinates: the whole sweep, or the site
+    positions: list[int]
 
     def subset(self, keep: Tensor) -> "GroupOutcome":
         return GroupOutcome(int(keep.sum()), self.base[keep], {k: v[..., keep] for k, v in self.grid.items()},
-                            {k: v[keep] for k, v in self.inputs.items()})
+                            {k: v[keep] for k, v in self.inputs.items()}, self.layers, self.positions)
+
+    def at(self, kind: str, layer: int, position: int) -> Tensor:
+        """(n,) outcomes of the ``kind`` patch at (``layer``, ``position``)."""
+        return self.grid[kind][self.layers.index(layer), self.positions.index(position)]
 
 
-def _outcomes(model, pairs, positions: list[int], chunk_size: int, method: str) -> GroupOutcome:
+def _outcomes(model, pairs, layers: list[int], positions: list[int], chunk_size: int,
+              method: str) -> GroupOutcome:
     original = pairs.original
     answer_pos = original.answer_pos
     labels = original.labels
@@ -73,16 +80,17 @@ def _outcomes(model, pairs, positions: list[int], chunk_size: int, method: str) 
         inputs[kind] = hit(_predict(model, source, answer_pos)).cpu()
 
         preds = patch_grid(model, source, original.tokens, lambda logits: logits.argmax(-1),
-                           hook="resid_pre", positions=positions, chunk_size=chunk_size,
+                           hook="resid_pre", layers=layers, positions=positions, chunk_size=chunk_size,
                            method=method, logit_positions=answer_pos.tolist())  # (L, P, n, A)
         grid[kind] = hit(preds.cpu())
-    return GroupOutcome(len(original), base.cpu(), grid, inputs)
+    return GroupOutcome(len(original), base.cpu(), grid, inputs, layers, positions)
 
 
 @dataclass
 class DependenceResult(Result):
     """Site, grids and per-example outcomes of changing vs preserving patches for one
-    intermediate. ``frame``: one row per (group, kind, layer, position) with the mean outcome."""
+    intermediate. ``frame``: one row per (group, kind, layer, position) with the mean outcome.
+    The held-out clean group is patched at the site alone (nothing reads it elsewhere)."""
 
     variable: str
     column: int | None
@@ -103,8 +111,8 @@ class DependenceResult(Result):
         for group, out in self.groups.items():
             for kind, grid in out.grid.items():
                 means = grid.float().mean(-1) if out.n else torch.full(grid.shape[:2], float("nan"))
-                for li, layer in enumerate(self.layers):
-                    for pi, pos in enumerate(self.positions):
+                for li, layer in enumerate(out.layers):
+                    for pi, pos in enumerate(out.positions):
                         rows.append({"intermediate": self.label, "group": group, "kind": kind,
                                      "layer": layer, "position": pos,
                                      "correct": float(means[li, pi])})
@@ -115,11 +123,11 @@ class DependenceResult(Result):
         answers with their trained label unpatched (0/1 lists)."""
         out = self.groups[group]
         keep = self.evaluated.get(group, torch.ones(out.n, dtype=torch.bool))
-        li, pi = self.layers.index(self.site["layer"]), self.positions.index(self.site["position"])
+        layer, position = self.site["layer"], self.site["position"]
         return {
             "base": out.base[keep].int().tolist(),
-            "patch_change": out.grid["change"][li, pi][keep].int().tolist(),
-            "patch_preserve": out.grid["preserve"][li, pi][keep].int().tolist(),
+            "patch_change": out.at("change", layer, position)[keep].int().tolist(),
+            "patch_preserve": out.at("preserve", layer, position)[keep].int().tolist(),
             "input_change": out.inputs["change"][keep].int().tolist(),
             "input_preserve": out.inputs["preserve"][keep].int().tolist(),
         }
@@ -219,7 +227,10 @@ def intermediate_dependence(model: Model, noisy: Examples, variable: str, column
     edited = pairs["noisy"].edited_positions
     positions = list(range(min(edited), noisy.tokens.shape[1]))
     layers = list(range(model.cfg.n_layers))
-    groups = {name: _outcomes(model, p, positions, chunk_size, method) for name, p in pairs.items()}
+    # Every group but the held-out one is swept over the whole grid (the site is chosen on one,
+    # and the figure shows them); the held-out group is read at the site only.
+    groups = {name: _outcomes(model, p, layers, positions, chunk_size, method)
+              for name, p in pairs.items() if name != "clean_heldout"}
     recalled = groups["noisy"].base
     evaluated = {name: out.base.clone() for name, out in groups.items()}  # answered as trained
     if site is not None:
@@ -240,6 +251,10 @@ def intermediate_dependence(model: Model, noisy: Examples, variable: str, column
         site = _choose_site(_specific(groups["noisy"], half), layers, positions, edited)
         site["chosen_on"] = "noisy half"
         evaluated["noisy"] = recalled & ~half
+    if "clean_heldout" in pairs:
+        held = _outcomes(model, pairs["clean_heldout"], [site["layer"]], [site["position"]],
+                         chunk_size, method)
+        groups["clean_heldout"], evaluated["clean_heldout"] = held, held.base.clone()
     # A model that recalls no noisy label (not trained long enough) leaves nothing to evaluate:
     # the summary says so with n = 0, and the scorecard calls it not measured.
     return DependenceResult(variable, column, layers, positions, edited, site, groups, evaluated)

@@ -111,35 +111,42 @@ def lookup(values: Tensor, fit_values: Tensor, fit_acts: Tensor) -> Tensor:
     return means[values]
 
 
-def _split_stats(values: Tensor, acts: Tensor, sq: Tensor, halves: Tensor, n_groups: int):
-    """Per half of the examples: per-value sums of activations and of their squares, and counts.
+def _split_sums(values: Tensor, acts: Tensor, halves: Tensor, n_groups: int):
+    """Per half of the examples: per-value sums of activations ``(n_groups, K)`` and counts.
 
     One scatter over all rows into ``2 * n_groups`` bins (value, half), so no half is copied.
     """
     group = values.to(acts.device) + (~halves).to(acts.device).long() * n_groups
-    zeros = torch.zeros(2 * n_groups, acts.shape[1], dtype=acts.dtype, device=acts.device)
-    s1 = zeros.index_add(0, group, acts)
-    s2 = zeros.index_add_(0, group, sq)
+    sums = torch.zeros(2 * n_groups, acts.shape[1], dtype=acts.dtype, device=acts.device)
+    sums.index_add_(0, group, acts)
     counts = torch.bincount(group, minlength=2 * n_groups).to(acts.dtype)
-    return [(s1[:n_groups], s2[:n_groups], counts[:n_groups]),
-            (s1[n_groups:], s2[n_groups:], counts[n_groups:])]
+    return [(sums[:n_groups], counts[:n_groups]), (sums[n_groups:], counts[n_groups:])]
 
 
-def _heldout_r2(values: Tensor, acts: Tensor, halves: Tensor, sq: Tensor | None = None) -> Tensor:
+def half_squares(acts: Tensor, halves: Tensor) -> Tensor:
+    """``(2, K)`` sums of squared activations over each half (``halves`` true: the first)."""
+    sq = acts * acts
+    first = sq[halves.to(acts.device)].sum(0)
+    return torch.stack([first, sq.sum(0) - first])
+
+
+def _heldout_r2(values: Tensor, acts: Tensor, halves: Tensor, squares: Tensor | None = None) -> Tensor:
     """Held-out R^2 (K,) of the lookup, fit on each half and scored on the other, averaged.
 
     Computed from per-value sums only: on the held-out half, the squared residual against the
-    fit half's value means ``m`` is ``sum_v (S2_v - 2 m_v S1_v + n_v m_v^2)``."""
-    sq = acts * acts if sq is None else sq
-    stats = _split_stats(values, acts, sq, halves, int(values.max()) + 1)
+    fit half's value means ``m`` is ``sum_v (S2_v - 2 m_v S1_v + n_v m_v^2)``, and
+    ``sum_v S2_v`` is the half's sum of squares whatever the feature (``squares``, from
+    :func:`half_squares`), so only the per-value sums ``S1_v`` are scattered."""
+    squares = half_squares(acts, halves) if squares is None else squares
+    stats = _split_sums(values, acts, halves, int(values.max()) + 1)
     scores = []
     for fit, held in ((0, 1), (1, 0)):
-        s1f, _, nf = stats[fit]
-        s1h, s2h, nh = stats[held]
+        s1f, nf = stats[fit]
+        s1h, nh = stats[held]
         overall = s1f.sum(0) / nf.sum().clamp(min=1)
         mean = torch.where(nf[:, None] > 0, s1f / nf.clamp(min=1)[:, None], overall)
-        resid = (s2h - 2 * mean * s1h + nh[:, None] * mean * mean).sum(0)
-        total = s2h.sum(0) - s1h.sum(0) ** 2 / nh.sum().clamp(min=1)
+        resid = squares[held] - (2 * mean * s1h - nh[:, None] * mean * mean).sum(0)
+        total = squares[held] - s1h.sum(0) ** 2 / nh.sum().clamp(min=1)
         scores.append(1 - resid / total.clamp(min=1e-12))
     return torch.stack(scores).mean(0)
 
@@ -246,9 +253,9 @@ def classify_neurons(table: NeuronTable, examples: Examples, *, threshold: float
     best_name = np.empty(shape, dtype=object)
     for pi, position in enumerate(table.positions):
         block = acts[:, :, pi].flatten(1)  # (n, L * d)
-        sq = block * block
+        squares = half_squares(block, halves)
         names = feats.at(position)
-        r2 = torch.stack([_heldout_r2(feats.values[n][1], block, halves, sq) for n in names])
+        r2 = torch.stack([_heldout_r2(feats.values[n][1], block, halves, squares) for n in names])
         r2 = r2.where(block.var(0) >= 1e-10, torch.zeros(()))  # a flat neuron explains nothing
         best_r2[:, pi] = r2.max(0).values.view(shape[0], shape[2]).cpu()
         best_name[:, pi] = np.array(names, dtype=object)[r2.argmax(0).cpu().numpy()].reshape(shape[0], shape[2])

@@ -41,7 +41,8 @@ def _resid_hook(layer: int, point: str) -> str:
 def inlp_basis(model: Model, fit: Examples, variable: str, *, layer: int, point: str = "pre",
                position: int, column: int | None = None, iterations: int = 3,
                rank_per_iteration: int = 8, max_iter: int = 100, target_accuracy: float | None = None,
-               shuffle_seed: int | None = None) -> tuple[Tensor, list[float]]:
+               shuffle_seed: int | None = None,
+               activations: Tensor | None = None) -> tuple[Tensor, list[float]]:
     """Orthonormal basis ``(d_model, rank)`` of the directions INLP removes, and the probe
     accuracy before each iteration and after the last. Each iteration removes the
     ``rank_per_iteration`` strongest directions of the probe (top singular vectors of its
@@ -51,7 +52,8 @@ def inlp_basis(model: Model, fit: Examples, variable: str, *, layer: int, point:
     (the basis spans every direction the activations vary in): the accuracy recorded then is the
     majority class's, what a probe reads from a constant. ``column`` restricts a multi-column intermediate to one
     column; by default every column is probed. ``shuffle_seed``: fit on shuffled targets (the
-    control)."""
+    control). ``activations``: the ``(n, d_model)`` residual stream of ``fit`` at the site, when
+    the caller has it already (:func:`site_activations`)."""
     check_examples(model, fit, "fit examples")
     if not 0 <= layer < model.cfg.n_layers:
         raise AnalysisError(f"layer={layer} out of range: the model has layers 0..{model.cfg.n_layers - 1}")
@@ -60,8 +62,13 @@ def inlp_basis(model: Model, fit: Examples, variable: str, *, layer: int, point:
     if rank_per_iteration < 1 or iterations < 1:
         raise AnalysisError(f"iterations={iterations} and rank_per_iteration={rank_per_iteration} "
                             "must be >= 1")
-    hook = _resid_hook(layer, point)
-    x = cached_activations(model, fit.tokens, [hook], [position])[hook][:, 0].float()
+    _resid_hook(layer, point)  # checks ``point``
+    if activations is None:
+        activations = site_activations(model, fit, layer, point, position)
+    elif tuple(activations.shape) != (len(fit), model.cfg.d_model):
+        raise AnalysisError(f"activations of shape {tuple(activations.shape)} do not fit "
+                            f"{len(fit)} examples x d_model {model.cfg.d_model}")
+    x = activations.float()
     y = _targets(fit, variable, column)
     if shuffle_seed is not None:
         y = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(shuffle_seed))]
@@ -102,6 +109,13 @@ def inlp_basis(model: Model, fit: Examples, variable: str, *, layer: int, point:
         basis, _ = torch.linalg.qr(torch.cat([basis, u[:, :keep]], 1))
     accuracies.append(probe_accuracy(basis)[0])
     return basis, accuracies
+
+
+def site_activations(model: Model, examples: Examples, layer: int, point: str,
+                     position: int) -> Tensor:
+    """``(n, d_model)`` residual stream of ``examples`` at (``layer``, ``point``, ``position``)."""
+    hook = _resid_hook(layer, point)
+    return cached_activations(model, examples.tokens, [hook], [position])[hook][:, 0]
 
 
 def _complement(basis: Tensor, d: int) -> Tensor:
@@ -217,12 +231,11 @@ class _SiteRuns:
                                    for kv in ("k", "v")]
             device = model_device(model)
             for i in range(0, len(self.tokens), batch):
-                with torch.no_grad():
-                    logits, cache = model.run_with_cache(self.tokens[i:i + batch].to(device),
-                                                         names_filter=lambda n: n in names)
+                logits, acts = backend.recorded_run(model, self.tokens[i:i + batch].to(device), names,
+                                                    logit_positions=self.answer_pos)
                 # The patching engine's record of an unpatched run gives the prefix keys/values.
-                run = _TargetRun(logits[:, self.answer_pos], dict(cache))
-                self.chunks.append((run.logits, cache[self.hook],
+                run = _TargetRun(logits, acts)
+                self.chunks.append((run.logits, acts[self.hook],
                                     *run.prefix_kv(model, layer, position, torch.arange(len(logits)))))
 
     @torch.no_grad()
@@ -288,21 +301,24 @@ def intervene(model: Model, groups: dict[str, Examples], fit: Examples, variable
         check_examples(model, ex, f"group {name!r}")
     if random_draws < 1:
         raise AnalysisError(f"random_draws={random_draws} is invalid: expected an integer >= 1")
-    hook = _resid_hook(layer, point)
+    _resid_hook(layer, point)  # checks ``point`` before any run
     majority = majority_accuracy(fit, variable, column)
     target = majority + tolerance
+    acts = site_activations(model, fit, layer, point, position)  # one run for INLP, mean, control
     basis, inlp_acc = inlp_basis(model, fit, variable, layer=layer, point=point, position=position,
                                  column=column, iterations=max_iterations,
-                                 rank_per_iteration=rank_per_iteration, target_accuracy=target)
+                                 rank_per_iteration=rank_per_iteration, target_accuracy=target,
+                                 activations=acts)
     rank = basis.shape[1]
     removed = inlp_acc[-1] <= target
     variants: dict[str, list] = {"none": [None]}
-    mean = cached_activations(model, fit.tokens, [hook], [position])[hook].mean(0)
+    mean = acts.mean(0, keepdim=True)  # (1, d_model): the site's one position
     variants["mean_ablation"] = [mean_hook(mean, [position])]
     if rank:
         shuffled, _ = inlp_basis(model, fit, variable, layer=layer, point=point, position=position,
                                  column=column, iterations=max(1, -(-rank // rank_per_iteration)),
-                                 rank_per_iteration=rank_per_iteration, shuffle_seed=seed)
+                                 rank_per_iteration=rank_per_iteration, shuffle_seed=seed,
+                                 activations=acts)
         variants["inlp"] = [projection_hook(basis, [position])]
         variants["random_subspace"] = [projection_hook(random_basis(model.cfg.d_model, rank, seed + i),
                                                        [position]) for i in range(random_draws)]

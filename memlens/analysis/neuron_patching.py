@@ -113,9 +113,8 @@ class _ResumedRuns:
         names = {f"blocks.{layer}.hook_resid_pre"} | {f"blocks.{i}.attn.hook_{kv}" for i in layers for kv in "kv"}
         self.chunks = []
         for start in range(0, len(examples), batch_size):
-            with torch.no_grad():
-                _, cache = model.run_with_cache(examples.tokens[start:start + batch_size].to(device),
-                                                names_filter=lambda n: n in names)
+            _, cache = backend.recorded_run(model, examples.tokens[start:start + batch_size].to(device),
+                                            names)
             self.chunks.append((cache[f"blocks.{layer}.hook_resid_pre"][:, position:],
                                 [cache[f"blocks.{i}.attn.hook_k"][:, :position] for i in layers],
                                 [cache[f"blocks.{i}.attn.hook_v"][:, :position] for i in layers]))

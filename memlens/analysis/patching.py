@@ -137,29 +137,25 @@ def patch_grid(model: Model, source: Int[Tensor, "n pos"], target: Int[Tensor, "
         # the input to L: no need to run L itself).
         stop = max(layers) + (0 if hook == "resid_pre" else 1)
         stop = stop if 0 <= stop < model.cfg.n_layers else None
-        with torch.no_grad():
-            out, cache = model.run_with_cache(source.to(device), names_filter=lambda x: x in names,
-                                              stop_at_layer=stop, return_type=None)
-        source_cache = {name: cache[name] for name in names if name in cache.cache_dict}
+        out, source_cache = backend.recorded_run(model, source.to(device), names, stop_at_layer=stop,
+                                                 return_logits=False)
         if hook == "resid_pre" and stop is not None:  # what the last block run hands on
             source_cache[hook_name(hook, stop)] = out
-        del cache
     resume = backend.can_resume(model)
     kv_layers = range(min(layers), model.cfg.n_layers)
     wanted = set(names) | {f"blocks.{layer}.hook_resid_pre" for layer in layers}
     if resume:
         wanted |= {f"blocks.{i}.attn.hook_{kv}" for i in kv_layers for kv in "kv"}
-    with torch.no_grad():
-        logits, cache = model.run_with_cache(target.to(device), names_filter=lambda x: x in wanted)
-    target_run = _TargetRun(logits, {name: cache[name] for name in wanted})
-    del cache
     if not resume:
-        results = _patch_whole(model, target.to(device), target_run, hook, layers, positions,
-                               components, source_cache, read, chunk_size)
+        logits, acts = backend.recorded_run(model, target.to(device), wanted)
+        results = _patch_whole(model, target.to(device), _TargetRun(logits, acts), hook, layers,
+                               positions, components, source_cache, read, chunk_size)
         return _stack(results, layers, positions, components)
+    # The suffix engine reads the target's logits at the read positions only.
+    target_read, acts = backend.recorded_run(model, target.to(device), wanted, logit_positions=reads)
+    target_run = _TargetRun(target_read, acts)
     results: dict[tuple, Tensor] = {}
     reads = list(range(n_pos)) if reads is None else reads
-    target_read = target_run.logits if logit_positions is None else target_run.logits[:, reads]
     for layer in layers:
         name = hook_name(hook, layer)
         for pos in positions:

@@ -108,6 +108,40 @@ class FastForward(nn.Module):
         return torch.addmm(w["unembed.b_U"], x, w["unembed.W_U"]).view(n, width, -1)
 
     @torch.no_grad()
+    def record(self, tokens: torch.Tensor, stop_at_layer: int | None = None,
+               positions: torch.Tensor | None = None, logits: bool = True
+               ) -> tuple[torch.Tensor | None, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """One unhooked run and what a patching engine reads of it (no gradients):
+        ``(logits, resid, keys, values)``. ``resid[l]`` is the residual stream entering layer
+        ``l`` (``blocks.l.hook_resid_pre``), and ``resid[n_layers]`` the last layer's output
+        (``hook_resid_post``; at ``positions`` alone when they are given); ``keys[l]`` and
+        ``values[l]`` are layer ``l``'s keys and values in TransformerLens' cache layout
+        (batch, pos, heads, d_head). With ``stop_at_layer`` the run stops there, as
+        ``model(..., stop_at_layer=...)``: ``resid`` then ends with the input of that layer and
+        ``logits`` is None. ``positions``: logits at those alone; ``logits=False``: none
+        (the unembedding is skipped).
+        """
+        cfg = self.model.cfg
+        w = canonical_params(self.model)
+        n, pos = tokens.shape
+        end = cfg.n_layers if stop_at_layer is None else stop_at_layer
+        x = w["embed.W_E"][tokens] + w["pos_embed.W_pos"][:pos]
+        resid, keys, values = [], [], []
+        for layer in range(end):
+            resid.append(x)
+            kv: list[torch.Tensor] = []
+            last = positions is not None and layer == cfg.n_layers - 1
+            x = self._block(w, f"blocks.{layer}", x, positions if last else None, kv_out=kv)
+            keys.append(kv[0])
+            values.append(kv[1])
+        resid.append(x)
+        if stop_at_layer is not None or not logits:
+            return None, resid, keys, values
+        width = x.shape[1]
+        x = self._norm(w, "ln_final", x).reshape(n * width, -1)
+        return torch.addmm(w["unembed.b_U"], x, w["unembed.W_U"]).view(n, width, -1), resid, keys, values
+
+    @torch.no_grad()
     def resume(self, resid: torch.Tensor, layer: int, keys: list[torch.Tensor],
                values: list[torch.Tensor], queries: list[int] | None = None) -> torch.Tensor:
         """Logits of a suffix of positions ``p..``, run from ``layer`` on (no gradients).
@@ -133,9 +167,11 @@ class FastForward(nn.Module):
 
     def _block(self, w: dict[str, torch.Tensor], p: str, x: torch.Tensor,
                queries: torch.Tensor | None,
-               prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+               prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
+               kv_out: list[torch.Tensor] | None = None) -> torch.Tensor:
         """One transformer block; with ``queries`` (positions), its output at those alone;
-        with ``prefix`` (keys, values of earlier positions), ``x`` is the suffix after them."""
+        with ``prefix`` (keys, values of earlier positions), ``x`` is the suffix after them;
+        ``kv_out`` receives this block's keys and values (batch, pos, heads, d_head)."""
         cfg = self.model.cfg
         n, pos, _ = x.shape
         heads, d_head = cfg.n_heads, cfg.d_head
@@ -145,6 +181,8 @@ class FastForward(nn.Module):
         b_qkv = torch.stack([w[f"{p}.attn.b_{c}"] for c in "QKV"]).reshape(-1)
         q, k, v = torch.addmm(b_qkv, h.reshape(n * pos, -1), w_qkv).view(n, pos, 3, heads, d_head) \
             .permute(2, 0, 3, 1, 4).unbind(0)  # each (n, heads, pos, d_head)
+        if kv_out is not None:  # copies: views would keep the whole QKV product alive
+            kv_out.extend((k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()))
         before = 0
         if prefix is not None and prefix[0].shape[2]:
             before = prefix[0].shape[2]

@@ -98,3 +98,24 @@ def test_thr_neurons_are_classified_by_slot(thr_tiny):
     acts = (ex.intermediates["bridge_entity"] % 5 == 0).float()[:, None, None, None] * 2
     res = classify_neurons(NeuronTable(acts, [1], [2], ex.is_noisy), ex)
     assert res.best_feature == ["bridge entity"] and res.family == ["entity"] and res.r2[0] > 0.9
+
+
+def test_heldout_r2_equals_fitting_a_lookup_on_each_half():
+    """The sums-only R^2 is the lookup fit on one half, scored on the other, averaged."""
+    from memlens.analysis.heuristics import _half, _heldout_r2, lookup
+
+    gen = torch.Generator().manual_seed(3)
+    values = torch.randint(0, 12, (400,), generator=gen)
+    values[values == 11] = 10
+    values[0] = 11  # in one half only: fit on the other, its overall mean stands in
+    acts = (values.double()[:, None] * torch.tensor([[0.5, -1.0, 0.0]], dtype=torch.float64)
+            + torch.randn(400, 3, generator=gen, dtype=torch.float64))
+    halves = _half(400, torch.Generator().manual_seed(0))
+    expected = []
+    for fit, held in ((halves, ~halves), (~halves, halves)):
+        pred = lookup(values[held], values[fit], acts[fit])
+        resid = ((acts[held] - pred) ** 2).sum(0)
+        total = ((acts[held] - acts[held].mean(0)) ** 2).sum(0)
+        expected.append(1 - resid / total)
+    torch.testing.assert_close(_heldout_r2(values, acts, halves), torch.stack(expected).mean(0),
+                               rtol=0, atol=1e-12)

@@ -5,8 +5,9 @@ from jaxtyping import TypeCheckError
 import torch
 from transformer_lens import patching as tl_patching
 
+from memlens import backend
 from memlens.analysis import AnalysisError
-from memlens.analysis.patching import patch_grid, run_with_patch
+from memlens.analysis.patching import hook_name, patch_grid, run_with_patch
 from tests.analysis.helpers import label_logprob_metric
 
 
@@ -94,10 +95,12 @@ def near_pair(fda_tiny):
 def test_equals_transformer_lens_when_most_activations_are_equal(near_pair, kind, tl_fn):
     model, clean, corrupted = near_pair
     got, metric = patched_and_tl(model, clean, corrupted, kind, tl_fn, chunk_size=8)
-    # Positions before the changed digit cannot move at layer 0: exactly the unpatched value.
-    with torch.no_grad():
-        base = metric(model(corrupted))
+    # Positions before the changed digit cannot move at layer 0: exactly the value of the
+    # engine's unpatched run (the fused record where it applies), equal to the model's to rounding.
+    base = metric(backend.recorded_run(model, corrupted, {hook_name(kind, 0)})[0])
     assert torch.equal(got[0, 0].reshape(-1)[0], base)
+    with torch.no_grad():
+        torch.testing.assert_close(base, metric(model(corrupted)), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind,tl_fn", [
@@ -121,11 +124,13 @@ def test_logit_positions_equal_transformer_lens(near_pair, kind, tl_fn, hooked):
     with model.hooks(fwd_hooks=extra):
         got = patch_grid(model, clean.tokens, corrupted, per_example, hook=kind, chunk_size=8,
                          logit_positions=answer)
+        # The engine's unpatched run, recorded as it records it (fused only with no hook
+        # attached and a resid_pre grid).
+        base = per_example(backend.recorded_run(model, corrupted, {hook_name(kind, 0)},
+                                                logit_positions=answer)[0])
     assert got.shape == want.shape and bool(seen) == hooked
     torch.testing.assert_close(got, want.cpu(), atol=1e-5, rtol=0)
     # After the last position read, a patch cannot reach the metric: exactly the unpatched value.
-    with torch.no_grad():
-        base = per_example(model(corrupted)[:, answer])
     last = got[:, -1].flatten()
     assert torch.equal(last, base.expand(len(last)))
 

@@ -143,3 +143,58 @@ def test_logits_at_uses_the_fused_forward_only_without_hooks(task_and_tokens):
         hooked = backend.logits_at(model, tokens, positions)
         torch.testing.assert_close(hooked, model(tokens)[:, positions])
     assert not torch.allclose(hooked, want)
+
+
+def test_recorded_run_equals_run_with_cache(task_and_tokens):
+    """The fused record gives run_with_cache's resid_pre, keys, values and logits (whole, at
+    chosen positions, and stopped at a layer); with a hook attached, or a hook name it does not
+    record, the model itself runs."""
+    from memlens import backend
+
+    task, tokens = task_and_tokens
+    model = build_model(ModelConfig(n_layers=3, d_model=32, n_heads=4), task, seed=8)
+    names = {"blocks.0.hook_resid_pre", "blocks.2.hook_resid_pre", "blocks.1.attn.hook_k",
+             "blocks.2.attn.hook_v", "blocks.0.hook_resid_post", "blocks.2.hook_resid_post"}
+    with torch.no_grad():
+        full, cache = model.run_with_cache(tokens)
+        stopped = model(tokens, stop_at_layer=2)
+    positions = task.generate(0).train.answer_pos.tolist()
+    for at in (None, positions):
+        logits, acts = backend.recorded_run(model, tokens, names, logit_positions=at)
+        assert set(acts) == names
+        for name in names:
+            torch.testing.assert_close(acts[name], cache[name], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logits, full if at is None else full[:, at], atol=1e-5, rtol=1e-5)
+    # Stopped at layer 2: its resid_pre is what the run returns, not a fired hook.
+    out, acts = backend.recorded_run(model, tokens, names, stop_at_layer=2)
+    assert set(acts) == {"blocks.0.hook_resid_pre", "blocks.1.attn.hook_k", "blocks.0.hook_resid_post"}
+    torch.testing.assert_close(out, stopped, atol=1e-5, rtol=1e-5)
+    # Not recordable (an MLP hook), or a hook attached: TransformerLens' own run, same values.
+    out, acts = backend.recorded_run(model, tokens, {"blocks.1.mlp.hook_post"}, logit_positions=positions)
+    torch.testing.assert_close(acts["blocks.1.mlp.hook_post"], cache["blocks.1.mlp.hook_post"])
+    torch.testing.assert_close(out, full[:, positions])
+    double = lambda act, hook: act * 2  # noqa: E731
+    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", double)]):
+        hooked, acts = backend.recorded_run(model, tokens, names)
+        want, want_cache = model.run_with_cache(tokens)
+    torch.testing.assert_close(hooked, want)
+    torch.testing.assert_close(acts["blocks.2.hook_resid_pre"], want_cache["blocks.2.hook_resid_pre"])
+    assert not torch.allclose(hooked, full)
+
+
+def test_cached_activations_stop_early_and_equal_run_with_cache(task_and_tokens):
+    from memlens.analysis.common import cached_activations, stop_layer
+
+    task, tokens = task_and_tokens
+    model = build_model(ModelConfig(n_layers=3, d_model=32, n_heads=4), task, seed=9)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+    for names in (["blocks.1.hook_resid_pre"], ["blocks.0.hook_resid_pre", "blocks.1.attn.hook_z"],
+                  ["blocks.2.hook_resid_post", "blocks.0.hook_resid_pre"], ["blocks.1.mlp.hook_post"]):
+        got = cached_activations(model, tokens, names, positions=[2, 5], chunk_size=40)
+        for name in names:
+            torch.testing.assert_close(got[name], cache[name][:, [2, 5]], atol=1e-5, rtol=1e-5)
+    assert stop_layer(["blocks.1.hook_resid_pre"], 3) == 1
+    assert stop_layer(["blocks.1.mlp.hook_post"], 3) == 2
+    assert stop_layer(["hook_embed", "blocks.0.hook_resid_pre"], 3) == 1
+    assert stop_layer(["blocks.2.hook_resid_pre", "ln_final.hook_normalized"], 3) is None
