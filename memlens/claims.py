@@ -275,6 +275,9 @@ def load_probes(group: str):
     def load(run: RunData) -> dict:
         run.gate()
         summary = run.analysis("probes")["summary"]
+        if not summary["targets"] and not summary["allowed_points"]:
+            raise NotMeasured(f"the noisy label leads from the first residual point on (takeover at "
+                              f"{summary['takeover_point']}): no point before it to probe")
         counted, skipped = [], []
         for t in summary["targets"]:
             if t["controls"]["majority"] >= 0.99:

@@ -77,6 +77,13 @@ def run_probes(run, sizes=None, n_noisy: int = 2000) -> Result:
     noisy = noisy_examples(run, n_noisy)
     groups.update(noisy=noisy, noisy_true_forced=true_label_forced(noisy))
     allowed, takeover = allowed_probe_points(run.model, noisy)
+    if not allowed:  # the noisy label leads from the first residual point on: nothing to probe
+        import pandas as pd
+
+        from memlens.analysis.probes import ProbeStudyResult
+
+        return ProbeStudyResult(frame=pd.DataFrame(), targets=[], allowed_points=[],
+                                takeover_point=takeover)
     entries = run.task.entries(claim=3)
     eligible = {run.task.intermediate(n).label(c): run.task.eligible_positions(n, c) for n, c in entries}
     untrained = build_model(run.config.model, run.task, seed=run.config.seed,

@@ -41,3 +41,22 @@ def test_only_subset(tmp_path):
     written = analyze_run(out, "logit_lens", log=lambda _: None)
     assert list(written) == ["logit_lens"]
     assert json.loads(written["logit_lens"].read_text())["summary"]["noisy_true_prob_peak_point"]
+
+
+def test_probes_when_the_noisy_label_leads_from_the_first_point(tmp_path, monkeypatch):
+    """No residual point precedes the takeover: the probes analysis says so (no targets, the
+    takeover point) instead of failing, and claim 3 reads it as not measured, naming why."""
+    import memlens.analysis.runner as runner
+    from memlens.claims import NotMeasured, RunData, load_probes
+
+    out = tmp_path / "r"
+    train(make_run_config("fda", "tiny", overrides={"train.steps": 20}), out, progress=False)
+    monkeypatch.setattr(runner, "allowed_probe_points", lambda model, noisy: ([], "L0.pre"))
+    analyze_run(out, "probes", log=lambda _: None)
+    summary = load_analysis(out, "probes")["summary"]
+    assert summary["targets"] == [] and summary["takeover_point"] == "L0.pre"
+    final = json.loads((out / "summary.json").read_text())
+    final["final_metrics"].update(test_acc=1.0, noisy_memorized_acc=1.0)  # past the stage gate
+    (out / "summary.json").write_text(json.dumps(final))
+    with pytest.raises(NotMeasured, match="first residual point.*L0.pre"):
+        load_probes("noisy")(RunData(out))
