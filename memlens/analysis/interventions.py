@@ -115,6 +115,10 @@ def site_activations(model: Model, examples: Examples, layer: int, point: str,
                      position: int) -> Tensor:
     """``(n, d_model)`` residual stream of ``examples`` at (``layer``, ``point``, ``position``)."""
     hook = _resid_hook(layer, point)
+    if not 0 <= layer < model.cfg.n_layers:
+        raise AnalysisError(f"layer={layer} out of range: the model has layers 0..{model.cfg.n_layers - 1}")
+    if not 0 <= position < examples.tokens.shape[1]:
+        raise AnalysisError(f"position={position} out of range 0..{examples.tokens.shape[1] - 1}")
     return cached_activations(model, examples.tokens, [hook], [position])[hook][:, 0]
 
 

@@ -80,6 +80,15 @@ def test_bad_input(fda_tiny):
         inlp_basis(model, fit, "column_sum", layer=0, position=1, column=9)
     with pytest.raises(AnalysisError, match="point='end'"):
         inlp_basis(model, fit, "column_sum", layer=0, position=1, point="end")
+    with pytest.raises(AnalysisError, match=r"activations of shape \(100, 5\)"):
+        inlp_basis(model, fit, "column_sum", layer=0, position=1, activations=torch.zeros(100, 5))
+    from memlens.analysis.interventions import site_activations
+
+    with pytest.raises(AnalysisError, match="position=99 out of range"):
+        site_activations(model, fit, 0, "pre", 99)
+    with pytest.raises(AnalysisError, match="layer=-1 out of range"):
+        site_activations(model, fit, -1, "pre", 1)
+    assert tuple(site_activations(model, fit, 1, "pre", 4).shape) == (100, model.cfg.d_model)
 
 
 @pytest.mark.parametrize("layer", [0, 1])
