@@ -41,7 +41,8 @@ from torch import Tensor
 
 from memlens import backend
 from memlens.backend import Model
-from memlens.analysis.common import AnalysisError, check_layers, check_positions, model_device
+from memlens.analysis.common import (AnalysisError, check_layers, check_positions, model_device,
+                                     stop_layer)
 
 # hook kind -> (hook name template, component axis name or None)
 HOOKS: dict[str, tuple[str, str | None]] = {
@@ -135,12 +136,12 @@ def patch_grid(model: Model, source: Int[Tensor, "n pos"], target: Int[Tensor, "
     if source_cache is None:
         # The source run stops after the last layer it is read at (resid_pre of layer L is
         # the input to L: no need to run L itself).
-        stop = max(layers) + (0 if hook == "resid_pre" else 1)
-        stop = stop if 0 <= stop < model.cfg.n_layers else None
+        stop = stop_layer(names, model.cfg.n_layers)
         out, source_cache = backend.recorded_run(model, source.to(device), names, stop_at_layer=stop,
                                                  return_logits=False)
-        if hook == "resid_pre" and stop is not None:  # what the last block run hands on
-            source_cache[hook_name(hook, stop)] = out
+        handed_on = None if stop is None else f"blocks.{stop}.hook_resid_pre"
+        if handed_on in names:  # what the last block run hands on
+            source_cache[handed_on] = out
     resume = backend.can_resume(model)
     kv_layers = range(min(layers), model.cfg.n_layers)
     wanted = set(names) | {f"blocks.{layer}.hook_resid_pre" for layer in layers}
