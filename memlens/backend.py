@@ -428,11 +428,18 @@ def resume_logits(model: nn.Module, resid: Tensor, layer: int, keys: list[Tensor
     A model with no hook attached and a configuration that
     :class:`memlens.training.fast_forward.FastForward` covers runs its fused suffix, whose last
     layer computes ``queries`` alone (equal to float rounding); otherwise the model itself runs
-    with its hooks (:func:`run_suffix`) and the logits are indexed afterwards.
+    with its hooks (:func:`run_suffix`) and the logits are indexed afterwards. Positions after
+    the last query are not run (a hook there does not fire).
     """
     from memlens.training.fast_forward import FastForward
 
+    if queries is not None and len(queries):
+        # Causal attention: positions after the last query cannot reach it; none is run.
+        resid = resid[:, :max(queries) + 1]
     if _fused(model):
         return FastForward(model).resume(resid, layer, keys, values, queries)
-    logits = run_suffix(model, resid, layer, keys, values)
+    if keys[0].shape[1] == 0:  # no earlier positions: a plain run from the layer
+        logits = run_from_layer(model, resid, layer)
+    else:
+        logits = run_suffix(model, resid, layer, keys, values)
     return logits if queries is None else logits[:, queries]

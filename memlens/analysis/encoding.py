@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from memlens import backend
 from memlens.backend import Model
 from memlens.analysis.common import AnalysisError, Result, check_examples, model_device
 from memlens.tasks import task_for
@@ -41,8 +42,9 @@ def label_logprob(model: Model, tokens: Tensor, answer_pos: Tensor, labels: Tens
     out = []
     device = model_device(model)
     for start in range(0, len(tokens), batch):
-        logits = model(tokens[start:start + batch].to(device), return_type="logits")
-        logp = logits[:, answer_pos.to(device)].float().log_softmax(-1)
+        # The answer positions alone (the fused forward's last layer runs only those).
+        logits = backend.logits_at(model, tokens[start:start + batch].to(device), answer_pos.to(device))
+        logp = logits.float().log_softmax(-1)
         lab = labels[start:start + batch].to(device)
         out.append(logp.gather(-1, lab[..., None])[..., 0].sum(-1).cpu())
     return torch.cat(out)

@@ -252,7 +252,8 @@ def classify_neurons(table: NeuronTable, examples: Examples, *, threshold: float
     best_r2 = torch.zeros(shape, dtype=torch.float64)
     best_name = np.empty(shape, dtype=object)
     for pi, position in enumerate(table.positions):
-        block = acts[:, :, pi].flatten(1)  # (n, L * d)
+        # Contiguous: index_add_ over a strided view of ``acts`` runs about 6x slower.
+        block = acts[:, :, pi].flatten(1).contiguous()  # (n, L * d)
         squares = half_squares(block, halves)
         names = feats.at(position)
         r2 = torch.stack([_heldout_r2(feats.values[n][1], block, halves, squares) for n in names])

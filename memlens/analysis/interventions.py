@@ -23,11 +23,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from memlens import backend
 from memlens.backend import Model
-from memlens.analysis.common import AnalysisError, Result, cached_activations, check_examples, model_device
-from memlens.analysis.patching import _TargetRun
+from memlens.analysis.common import AnalysisError, Result, cached_activations, check_examples
 from memlens.analysis.probes import fit_softmax_probes, predict_probes, probe_targets
+from memlens.analysis.resumed import ResumedRuns
 from memlens.tasks.base import Examples
 from memlens.training.metrics import with_answer
 
@@ -211,69 +210,6 @@ def render_interventions(data: dict):
                         "the same rank)")
 
 
-class _SiteRuns:
-    """One group's runs under interventions at (``layer``, ``point``, ``position``).
-
-    The unintervened run is made once. An intervention at ``position`` changes nothing before
-    the site's layer, nor (causal attention) at earlier positions, so where the backend can
-    resume a run (:func:`memlens.backend.can_resume`) and the site is a layer's input
-    (``point="pre"``), each intervened run starts at that layer on positions ``position..``
-    from the cached residual stream, with the earlier positions' keys and values cached.
-    Otherwise (the 4.x bridge, or a mid-layer point) the whole model runs with the hook.
-    """
-
-    def __init__(self, model: Model, examples: Examples, layer: int, point: str, position: int,
-                 batch: int = 4096, resume: bool = True):
-        self.model, self.examples, self.layer, self.position = model, examples, layer, position
-        self.hook, self.batch = _resid_hook(layer, point), batch
-        self.tokens = with_answer(examples, examples.labels)
-        self.answer_pos = examples.answer_pos.tolist()
-        self.fast = resume and point == "pre" and backend.can_resume(model) and len(examples) > 0
-        self.chunks = []  # per batch: answer logits, the site's residual stream, keys, values
-        if self.fast:
-            names = [self.hook] + [f"blocks.{i}.attn.hook_{kv}" for i in range(layer, model.cfg.n_layers)
-                                   for kv in ("k", "v")]
-            device = model_device(model)
-            for i in range(0, len(self.tokens), batch):
-                logits, acts = backend.recorded_run(model, self.tokens[i:i + batch].to(device), names,
-                                                    logit_positions=self.answer_pos)
-                # The patching engine's record of an unpatched run gives the prefix keys/values.
-                run = _TargetRun(logits, acts)
-                self.chunks.append((run.logits, acts[self.hook],
-                                    *run.prefix_kv(model, layer, position, torch.arange(len(logits)))))
-
-    @torch.no_grad()
-    def answer_logits(self, fn) -> Tensor:
-        """Logits at the answer-predicting positions with hook ``fn`` at the site (None: none)."""
-        if not self.fast:
-            device = model_device(self.model)
-            out = []
-            with self.model.hooks(fwd_hooks=[] if fn is None else [(self.hook, fn)]):
-                for i in range(0, len(self.tokens), self.batch):
-                    out.append(self.model(self.tokens[i:i + self.batch].to(device))[:, self.answer_pos])
-            return torch.cat(out)
-        out = []
-        for clean, resid, keys, values in self.chunks:
-            if fn is None:
-                out.append(clean)
-                continue
-            changed = fn(resid.clone(), None)[:, self.position:]
-            # Answer slots before the site cannot see the intervention: only the others are run.
-            slots = [j for j, pos in enumerate(self.answer_pos) if pos >= self.position]
-            logits = clean.clone()
-            if slots:
-                logits[:, slots] = backend.resume_logits(
-                    self.model, changed, self.layer, keys, values,
-                    [self.answer_pos[j] - self.position for j in slots])
-            out.append(logits)
-        return torch.cat(out)
-
-    def answered(self, fn) -> Tensor:
-        """Per example: 1 when every answer slot's argmax is the label (teacher-forced)."""
-        preds = self.answer_logits(fn).argmax(-1).cpu()
-        return (preds == self.examples.labels).all(-1).int()
-
-
 METRIC = {"train_noisy": "noisy_memorized_acc", "train_clean": "train_clean_acc", "test": "test_acc"}
 
 
@@ -328,12 +264,16 @@ def intervene(model: Model, groups: dict[str, Examples], fit: Examples, variable
                                                        [position]) for i in range(random_draws)]
         variants["shuffled_inlp"] = [projection_hook(shuffled[:, :rank], [position])]
     rows, examples = [], {}
-    runners = {g: _SiteRuns(model, ex, layer, point, position, resume=resume) for g, ex in groups.items()}
+    # Teacher-forced on each example's trained label, resumed at the site where the backend can.
+    runners = {g: ResumedRuns(model, with_answer(ex, ex.labels), ex.answer_pos.tolist(), layer, position,
+                              resume=resume, site=_resid_hook(layer, point), batch=4096)
+               for g, ex in groups.items()}
     for label, fns in variants.items():
         per_group = {}
         for fn in fns:
             for g, runner in runners.items():
-                per_group.setdefault(g, []).append(runner.answered(fn).float())
+                answered = (runner.logits(edit=fn).argmax(-1) == groups[g].labels).all(-1)
+                per_group.setdefault(g, []).append(answered.float())
         means = {g: torch.stack(v).mean(0) for g, v in per_group.items()}
         if "train_noisy" in means:
             examples[label] = means["train_noisy"].tolist()

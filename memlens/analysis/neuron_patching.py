@@ -17,11 +17,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from memlens import backend
 from memlens.backend import Model
 from memlens.analysis.common import AnalysisError, Result, model_device
 from memlens.analysis.heuristics import HeuristicResult, OutlierResult, candidate_features, lookup
 from memlens.analysis.neurons import NeuronTable
+from memlens.analysis.resumed import ResumedRuns
 from memlens.tasks.base import Examples
 from memlens.training.metrics import answer_logits, with_answer
 
@@ -85,61 +85,25 @@ def _neuron_hooks(neurons: list[Neuron], vals: Tensor | None, device, offset: in
     return hooks
 
 
-class _ResumedRuns:
-    """Answer logits of fixed ``examples`` with neurons of layers >= ``layer`` at positions >=
-    ``position`` set, for many choices of neurons.
-
-    Nothing before ``layer``, nor (causal attention) before ``position``, depends on those
-    neurons, so where the backend can resume a run (:func:`memlens.backend.can_resume`) the
-    residual stream entering ``layer`` and the earlier positions' keys and values are cached
-    once, and each patched run covers layers ``layer..`` at positions ``position..`` only (on
-    FDA small's last layer: 1 of 2 layers at 6 of 16 positions). Otherwise (the 4.x bridge)
-    each run is the whole model with the hooks, as :func:`logits_with_neurons`. Both give the
-    same logits (tests/analysis/test_neuron_patching.py).
-    """
-
-    def __init__(self, model: Model, examples: Examples, layer: int, position: int, batch_size: int = 1024):
-        self.model, self.examples, self.layer, self.position = model, examples, layer, position
-        self.batch_size = batch_size
-        self.fast = backend.can_resume(model) and len(examples) > 0
-        self.answer = (examples.answer_pos - position).tolist()
-        if not self.fast:
-            return
-        if min(self.answer) < 0:
-            raise AnalysisError(f"position {position} is after the first answer-predicting position "
-                                f"{int(examples.answer_pos.min())}")
-        device = model_device(model)
-        layers = range(layer, model.cfg.n_layers)
-        names = {f"blocks.{layer}.hook_resid_pre"} | {f"blocks.{i}.attn.hook_{kv}" for i in layers for kv in "kv"}
-        self.chunks = []
-        for start in range(0, len(examples), batch_size):
-            _, cache = backend.recorded_run(model, examples.tokens[start:start + batch_size].to(device),
-                                            names)
-            self.chunks.append((cache[f"blocks.{layer}.hook_resid_pre"][:, position:],
-                                [cache[f"blocks.{i}.attn.hook_k"][:, :position] for i in layers],
-                                [cache[f"blocks.{i}.attn.hook_v"][:, :position] for i in layers]))
-
-    @torch.no_grad()
-    def logits(self, neurons: list[Neuron], values: Tensor | None) -> Tensor:
-        """As ``logits_with_neurons(model, examples, neurons, values)``."""
-        if not self.fast:
-            return logits_with_neurons(self.model, self.examples, neurons, values, self.batch_size)
-        bad = [n for n in neurons if n[0] < self.layer or n[1] < self.position]
+def resumed_neuron_logits(runs: ResumedRuns, neurons: list[Neuron], values: Tensor | None) -> Tensor:
+    """As ``logits_with_neurons(model, examples, neurons, values)`` for the examples of ``runs``
+    (a :class:`~memlens.analysis.resumed.ResumedRuns` at the neurons' first layer and position),
+    without rerunning what the neurons cannot change (on FDA small's last layer: 1 of 2 layers
+    at 5 of 16 positions)."""
+    if runs.fast:
+        bad = [n for n in neurons if n[0] < runs.layer or n[1] < runs.position]
         if bad:
-            raise AnalysisError(f"neurons {bad[:3]} are before layer {self.layer} or position "
-                                f"{self.position}, where this run resumes")
-        device = model_device(self.model)
-        out = []
-        for i, (resid, keys, vals_kv) in enumerate(self.chunks):
-            start = i * self.batch_size
-            vals = None if values is None else values[start:start + len(resid)].to(device)
-            with self.model.hooks(fwd_hooks=_neuron_hooks(neurons, vals, device, self.position)):
-                if self.position == 0:
-                    logits = backend.run_from_layer(self.model, resid, self.layer)
-                else:
-                    logits = backend.run_suffix(self.model, resid, self.layer, keys, vals_kv)
-            out.append(logits[:, self.answer].float().cpu())
-        return torch.cat(out)
+            raise AnalysisError(f"neurons {bad[:3]} are before layer {runs.layer} or position "
+                                f"{runs.position}, where this run resumes")
+    # Neurons after the last answer-predicting position reach no answer logit (causal
+    # attention), and the resumed run stops there.
+    last = max(runs.answer_pos)
+    reach = [j for j, n in enumerate(neurons) if n[1] <= last]
+    if values is None or not reach:
+        return runs.logits()
+    neurons, values = [neurons[j] for j in reach], values[:, reach]
+    device = model_device(runs.model)
+    return runs.logits(hooks=lambda rows, first: _neuron_hooks(neurons, values[rows].to(device), device, first))
 
 
 def _exact(logits: Tensor, target: Tensor) -> Tensor:
@@ -213,14 +177,15 @@ def neuron_patching(model: Model, examples: Examples, table: NeuronTable, outlie
     predictions = {key: all_predictions(rows, fs) for key, rows, _, fs, _ in settings}
     first_layer = min(table.layers)
     first_pos = min(min(table.positions), int(examples.answer_pos.min()))
-    runs = {key: _ResumedRuns(model, ex[rows], first_layer, first_pos) for key, rows, ex, _, _ in settings}
+    runs = {key: ResumedRuns(model, ex.tokens[rows], ex.answer_pos.tolist(), first_layer, first_pos)
+            for key, rows, ex, _, _ in settings}
 
     def measure(cols: Tensor | None) -> dict[str, Tensor]:
         neurons = [] if cols is None else [heur.coords(c) for c in cols.tolist()]
         out = {}
         for key, rows, ex, fs, target in settings:
             vals = None if cols is None else predictions[key][:, cols]
-            out[key] = _exact(runs[key].logits(neurons, vals), getattr(ex, target)[rows])
+            out[key] = _exact(resumed_neuron_logits(runs[key], neurons, vals), getattr(ex, target)[rows])
         return out
 
     gen = torch.Generator().manual_seed(seed)

@@ -89,29 +89,3 @@ def test_bad_input(fda_tiny):
     with pytest.raises(AnalysisError, match="layer=-1 out of range"):
         site_activations(model, fit, -1, "pre", 1)
     assert tuple(site_activations(model, fit, 1, "pre", 4).shape) == (100, model.cfg.d_model)
-
-
-@pytest.mark.parametrize("layer", [0, 1])
-def test_site_runs_from_the_layer_equal_whole_runs_with_the_hook(fda_tiny, layer):
-    """The intervened runs start at the site's layer on positions from the site on (the rest
-    cached); their answer logits equal a whole forward pass with the same hook, also where
-    some answer slots come before the site (those cannot see it)."""
-    from memlens import backend
-    from memlens.analysis.interventions import _SiteRuns, mean_hook, projection_hook
-
-    task, model, data = fda_tiny
-    ex = data.splits["train_clean"][:64]
-    answer = ex.answer_pos.tolist()
-    for position in (task.layout.eq_pos, answer[1]):
-        fast = _SiteRuns(model, ex, layer, "pre", position, batch=40)  # two chunks
-        slow = _SiteRuns(model, ex, layer, "pre", position, resume=False)
-        assert fast.fast == backend.can_resume(model) and not slow.fast  # the 4.x bridge: whole runs
-        fns = [None, projection_hook(random_basis(model.cfg.d_model, 5, 0), [position]),
-               mean_hook(torch.randn(model.cfg.d_model), [position])]
-        for fn in fns:
-            torch.testing.assert_close(fast.answer_logits(fn), slow.answer_logits(fn), atol=1e-4, rtol=1e-4)
-            assert torch.equal(fast.answered(fn), slow.answered(fn))
-        changed = fast.answer_logits(fns[2]) - fast.answer_logits(None)
-        before = [j for j, p in enumerate(answer) if p < position]
-        assert changed[:, before].abs().max() == 0 if before else True
-        assert changed[:, [j for j, p in enumerate(answer) if p >= position]].abs().max() > 1e-3

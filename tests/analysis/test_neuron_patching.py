@@ -3,7 +3,8 @@ import torch
 
 from memlens.analysis import AnalysisError
 from memlens.analysis.heuristics import classify_neurons, score_outliers
-from memlens.analysis.neuron_patching import _ResumedRuns, logits_with_neurons, neuron_patching
+from memlens.analysis.neuron_patching import logits_with_neurons, neuron_patching, resumed_neuron_logits
+from memlens.analysis.resumed import ResumedRuns
 from memlens.analysis.neurons import neuron_table
 from memlens.training.run import load_run
 
@@ -32,19 +33,23 @@ def test_resumed_runs_equal_whole_runs(fda_tiny):
     table = neuron_table(model, ex)
     last = model.cfg.n_layers - 1
     first = min(min(table.positions), int(ex.answer_pos.min()))
-    neurons = [(last, table.positions[0], 5), (last, table.positions[-1], 17)]
-    vals = torch.randn(len(ex), 2) * 3
-    runs = _ResumedRuns(model, ex, last, first, batch_size=16)  # chunks of 16: values sliced per chunk
+    # The third neuron sits after the last answer-predicting position: it reaches no answer
+    # logit, and the resumed run (which stops at that position) drops it.
+    neurons = [(last, table.positions[0], 5), (last, table.positions[-1], 17),
+               (last, ex.tokens.shape[1] - 1, 9)]
+    assert ex.tokens.shape[1] - 1 > int(ex.answer_pos.max())
+    vals = torch.randn(len(ex), 3) * 3
+    runs = ResumedRuns(model, ex.tokens, ex.answer_pos.tolist(), last, first, batch=16)  # values sliced per chunk
     assert runs.fast == backend.can_resume(model)
     for values in (None, vals):
-        torch.testing.assert_close(runs.logits(neurons, values), logits_with_neurons(model, ex, neurons, values),
-                                   atol=1e-4, rtol=1e-4)
-    from_start = _ResumedRuns(model, ex, 0, 0)
-    torch.testing.assert_close(from_start.logits([(0, 2, 3)], vals[:, :1]),
+        torch.testing.assert_close(resumed_neuron_logits(runs, neurons, values),
+                                   logits_with_neurons(model, ex, neurons, values), atol=1e-4, rtol=1e-4)
+    from_start = ResumedRuns(model, ex.tokens, ex.answer_pos.tolist(), 0, 0)
+    torch.testing.assert_close(resumed_neuron_logits(from_start, [(0, 2, 3)], vals[:, :1]),
                                logits_with_neurons(model, ex, [(0, 2, 3)], vals[:, :1]), atol=1e-4, rtol=1e-4)
     if runs.fast:
         with pytest.raises(AnalysisError, match="before layer"):
-            runs.logits([(0, table.positions[0], 1)], vals[:, :1])
+            resumed_neuron_logits(runs, [(0, table.positions[0], 1)], vals[:, :1])
 
 
 def test_bad_neurons_and_values(fda_tiny):

@@ -1,0 +1,115 @@
+"""Answer logits of fixed examples under many interventions at one place, each run resumed there.
+
+An intervention at layer ``L`` and positions ``>= p`` changes nothing below ``L`` nor (causal
+attention) at positions before ``p``. Interventions (claim 4d's INLP and its controls) and
+neuron patching (claim 6d) measure dozens of variants on the same examples, so the unintervened
+run is recorded once and every variant runs layers ``L..`` at positions ``p..`` only, up to the
+last answer-predicting position. Both analyses use :class:`ResumedRuns`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from memlens import backend
+from memlens.backend import Model
+from memlens.analysis.common import AnalysisError, model_device
+
+SiteEdit = Callable[[Tensor, object], Tensor]  # a TransformerLens hook function on the site
+HooksFor = Callable[[slice, int], list]  # (rows of the batch, first position run) -> fwd hooks
+
+
+class ResumedRuns:
+    """Answer logits of ``tokens`` (at ``answer_pos``) with an intervention at layer ``layer``,
+    positions ``>= position``, for many interventions.
+
+    An intervention is ``edit`` and/or ``hooks``. ``edit(act, hook)`` rewrites the residual
+    stream at ``site`` (default ``blocks.{layer}.hook_resid_pre``, the layer's input: batch,
+    every position, d_model), as a TransformerLens hook there would. ``hooks(rows, first)`` gives forward hooks
+    for the run of the examples ``rows`` (a slice of ``tokens``) that covers positions ``first..``
+    (a hook's position ``q`` is absolute position ``first + q``).
+
+    Where the backend can resume a run (:func:`memlens.backend.can_resume`), the unintervened
+    run is recorded once (its answer logits, the residual stream entering ``layer``, the keys
+    and values of layers ``layer..``), and each intervened run starts at ``layer`` on positions
+    ``position..`` through the last answer-predicting one, the earlier positions' keys and
+    values cached; answer slots before ``position`` keep the unintervened logits. Without hooks
+    the fused forward runs it (:func:`memlens.backend.resume_logits`). Otherwise (the 4.x
+    bridge, or ``resume=False``) the whole model runs with the intervention as hooks. Both give
+    the same logits to float rounding (tests/analysis/test_resumed.py). A ``site`` other than
+    the layer's input always runs the whole model.
+
+    >>> from memlens.tasks import make_task
+    >>> from memlens.models import build_model, ModelConfig
+    >>> task = make_task("fda", preset="tiny")
+    >>> model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=2), task, seed=0)
+    >>> ex = task.generate(0).test[:8]
+    >>> runs = ResumedRuns(model, ex.tokens, ex.answer_pos.tolist(), layer=1, position=4)
+    >>> zeroed = runs.logits(edit=lambda act, hook: act * 0)
+    >>> tuple(zeroed.shape), bool((zeroed != runs.logits()).any())
+    ((8, 3, 15), True)
+    """
+
+    def __init__(self, model: Model, tokens: Tensor, answer_pos: list[int], layer: int, position: int,
+                 batch: int = 1024, resume: bool = True, site: str | None = None):
+        if not 0 <= layer < model.cfg.n_layers:
+            raise AnalysisError(f"layer={layer} out of range: the model has layers 0..{model.cfg.n_layers - 1}")
+        if not 0 <= position < tokens.shape[1]:
+            raise AnalysisError(f"position={position} out of range 0..{tokens.shape[1] - 1}")
+        if batch < 1:
+            raise AnalysisError(f"batch={batch} is invalid: expected an integer >= 1")
+        self.model, self.tokens, self.layer, self.position = model, tokens, layer, position
+        self.answer_pos, self.batch = list(answer_pos), batch
+        # ``edit``'s hook point: the layer's input (resumable), or another point inside the
+        # model (``site``, e.g. ``hook_resid_mid``), which the whole model runs with.
+        pre = f"blocks.{layer}.hook_resid_pre"
+        self.site = pre if site is None else site
+        # Answer slots the intervention can reach, and their indices into the suffix run.
+        self.slots = [j for j, pos in enumerate(self.answer_pos) if pos >= position]
+        self.queries = [self.answer_pos[j] - position for j in self.slots]
+        self.fast = resume and self.site == pre and backend.can_resume(model) and len(tokens) > 0
+        self.chunks: list[tuple[Tensor, Tensor, list[Tensor], list[Tensor]]] = []
+        if not self.fast:
+            return
+        device = model_device(model)
+        layers = range(layer, model.cfg.n_layers)
+        names = [self.site] + [f"blocks.{i}.attn.hook_{kv}" for i in layers for kv in "kv"]
+        for start in range(0, len(tokens), batch):
+            logits, acts = backend.recorded_run(model, tokens[start:start + batch].to(device), names,
+                                                logit_positions=self.answer_pos)
+            self.chunks.append((logits, acts[self.site],
+                                [acts[f"blocks.{i}.attn.hook_k"][:, :position] for i in layers],
+                                [acts[f"blocks.{i}.attn.hook_v"][:, :position] for i in layers]))
+
+    @torch.no_grad()
+    def logits(self, edit: SiteEdit | None = None, hooks: HooksFor | None = None) -> Tensor:
+        """``(n, answer slots, vocab)`` float logits on the CPU with the intervention (none: the
+        unintervened run)."""
+        if not self.fast:
+            return self._whole(edit, hooks)
+        out = []
+        for i, (clean, resid, keys, values) in enumerate(self.chunks):
+            rows = slice(i * self.batch, i * self.batch + len(clean))
+            logits = clean
+            if (edit is not None or hooks is not None) and self.slots:
+                suffix = (resid if edit is None else edit(resid.clone(), None))[:, self.position:]
+                logits = clean.clone()
+                with self.model.hooks(fwd_hooks=[] if hooks is None else hooks(rows, self.position)):
+                    logits[:, self.slots] = backend.resume_logits(self.model, suffix, self.layer, keys, values,
+                                                                  self.queries).to(logits.dtype)
+            out.append(logits.float().cpu())
+        return torch.cat(out)
+
+    def _whole(self, edit: SiteEdit | None, hooks: HooksFor | None) -> Tensor:
+        """The whole model, the intervention as hooks (the path of models that cannot resume)."""
+        device = model_device(self.model)
+        out = []
+        for start in range(0, len(self.tokens), self.batch):
+            rows = slice(start, min(start + self.batch, len(self.tokens)))
+            fwd = ([] if edit is None else [(self.site, edit)]) + ([] if hooks is None else hooks(rows, 0))
+            with self.model.hooks(fwd_hooks=fwd):
+                out.append(self.model(self.tokens[rows].to(device))[:, self.answer_pos].float().cpu())
+        return torch.cat(out)
