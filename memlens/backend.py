@@ -434,11 +434,13 @@ def resume_logits(model: nn.Module, resid: Tensor, layer: int, keys: list[Tensor
     from memlens.training.fast_forward import FastForward
 
     if queries is not None and len(queries):
+        if min(queries) < 0:
+            raise BackendError(f"queries={list(queries)} are invalid: expected suffix indices >= 0")
         # Causal attention: positions after the last query cannot reach it; none is run.
         resid = resid[:, :max(queries) + 1]
     if _fused(model):
         return FastForward(model).resume(resid, layer, keys, values, queries)
-    if keys[0].shape[1] == 0:  # no earlier positions: a plain run from the layer
+    if keys[0].shape[1] == 0 and can_resume(model):  # no earlier positions: a plain run from the layer
         logits = run_from_layer(model, resid, layer)
     else:
         logits = run_suffix(model, resid, layer, keys, values)

@@ -252,7 +252,8 @@ def classify_neurons(table: NeuronTable, examples: Examples, *, threshold: float
     best_r2 = torch.zeros(shape, dtype=torch.float64)
     best_name = np.empty(shape, dtype=object)
     for pi, position in enumerate(table.positions):
-        # Contiguous: index_add_ over a strided view of ``acts`` runs about 6x slower.
+        # Contiguous: with one layer, the slice is a strided view of ``acts``, over which
+        # index_add_ ran about 6x slower (the neuron study's tables have one layer).
         block = acts[:, :, pi].flatten(1).contiguous()  # (n, L * d)
         squares = half_squares(block, halves)
         names = feats.at(position)

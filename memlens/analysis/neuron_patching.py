@@ -44,15 +44,7 @@ def logits_with_neurons(model: Model, examples: Examples, neurons: list[Neuron],
     >>> tuple(zeroed.shape)
     (8, 3, 15)
     """
-    if values is not None and tuple(values.shape) != (len(examples), len(neurons)):
-        raise AnalysisError(f"values have shape {tuple(values.shape)}; expected "
-                            f"({len(examples)}, {len(neurons)}) = (examples, neurons)")
-    for layer, pos, neuron in neurons:
-        if not (0 <= layer < model.cfg.n_layers and 0 <= pos < examples.tokens.shape[1]
-                and 0 <= neuron < model.cfg.d_mlp):
-            raise AnalysisError(f"neuron (layer {layer}, position {pos}, neuron {neuron}) is out of "
-                                f"range: layers 0..{model.cfg.n_layers - 1}, positions "
-                                f"0..{examples.tokens.shape[1] - 1}, neurons 0..{model.cfg.d_mlp - 1}")
+    _check_neurons(model, examples.tokens.shape, neurons, values)
     device = model_device(model)
     out = []
     for start in range(0, len(examples), batch_size):
@@ -61,6 +53,20 @@ def logits_with_neurons(model: Model, examples: Examples, neurons: list[Neuron],
         with model.hooks(fwd_hooks=_neuron_hooks(neurons, vals, device)):
             out.append(answer_logits(model, batch.tokens.to(device), batch.answer_pos.to(device)).float().cpu())
     return torch.cat(out)
+
+
+def _check_neurons(model: Model, shape: tuple[int, int], neurons: list[Neuron], values: Tensor | None) -> None:
+    """Name a neuron out of range, or ``values`` not ``(examples, neurons)``; ``shape``: the
+    tokens' (examples, positions)."""
+    n, n_pos = shape
+    if values is not None and tuple(values.shape) != (n, len(neurons)):
+        raise AnalysisError(f"values have shape {tuple(values.shape)}; expected "
+                            f"({n}, {len(neurons)}) = (examples, neurons)")
+    for layer, pos, neuron in neurons:
+        if not (0 <= layer < model.cfg.n_layers and 0 <= pos < n_pos and 0 <= neuron < model.cfg.d_mlp):
+            raise AnalysisError(f"neuron (layer {layer}, position {pos}, neuron {neuron}) is out of "
+                                f"range: layers 0..{model.cfg.n_layers - 1}, positions "
+                                f"0..{n_pos - 1}, neurons 0..{model.cfg.d_mlp - 1}")
 
 
 def _neuron_hooks(neurons: list[Neuron], vals: Tensor | None, device, offset: int = 0) -> list:
@@ -86,10 +92,12 @@ def _neuron_hooks(neurons: list[Neuron], vals: Tensor | None, device, offset: in
 
 
 def resumed_neuron_logits(runs: ResumedRuns, neurons: list[Neuron], values: Tensor | None) -> Tensor:
-    """As ``logits_with_neurons(model, examples, neurons, values)`` for the examples of ``runs``
-    (a :class:`~memlens.analysis.resumed.ResumedRuns` at the neurons' first layer and position),
-    without rerunning what the neurons cannot change (on FDA small's last layer: 1 of 2 layers
-    at 5 of 16 positions)."""
+    """The logits of ``logits_with_neurons(model, examples, neurons, values)`` for the examples
+    of ``runs`` (a :class:`~memlens.analysis.resumed.ResumedRuns` at the neurons' first layer
+    and position), without rerunning what the neurons cannot change (on FDA small's last
+    layer: 1 of 2 layers at 5 of 16 positions). Where ``runs`` resumes, a neuron before its
+    layer or position is an error."""
+    _check_neurons(runs.model, tuple(runs.tokens.shape), neurons, values)
     if runs.fast:
         bad = [n for n in neurons if n[0] < runs.layer or n[1] < runs.position]
         if bad:

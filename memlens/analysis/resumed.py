@@ -28,16 +28,20 @@ class ResumedRuns:
 
     An intervention is ``edit`` and/or ``hooks``. ``edit(act, hook)`` rewrites the residual
     stream at ``site`` (default ``blocks.{layer}.hook_resid_pre``, the layer's input: batch,
-    every position, d_model), as a TransformerLens hook there would. ``hooks(rows, first)`` gives forward hooks
-    for the run of the examples ``rows`` (a slice of ``tokens``) that covers positions ``first..``
-    (a hook's position ``q`` is absolute position ``first + q``).
+    every position, d_model), as a TransformerLens hook there would (it may change ``act`` in
+    place and return None; on the resumed path it gets a copy and ``hook=None``).
+    ``hooks(rows, first)`` gives forward hooks for the run of the examples ``rows`` (a slice of
+    ``tokens``) that covers positions ``first..`` (a hook's position ``q`` is absolute position
+    ``first + q``). An intervention may touch only layers ``>= layer`` and positions from
+    ``position`` through the last answer-predicting one: the resumed run covers nothing else.
 
     Where the backend can resume a run (:func:`memlens.backend.can_resume`), the unintervened
     run is recorded once (its answer logits, the residual stream entering ``layer``, the keys
     and values of layers ``layer..``), and each intervened run starts at ``layer`` on positions
     ``position..`` through the last answer-predicting one, the earlier positions' keys and
-    values cached; answer slots before ``position`` keep the unintervened logits. Without hooks
-    the fused forward runs it (:func:`memlens.backend.resume_logits`). Otherwise (the 4.x
+    values cached; answer slots before ``position`` keep the unintervened logits. Without hooks,
+    and where :class:`~memlens.training.fast_forward.FastForward` covers the model, the fused
+    forward runs it (:func:`memlens.backend.resume_logits`); otherwise TransformerLens' own run. Otherwise (the 4.x
     bridge, or ``resume=False``) the whole model runs with the intervention as hooks. Both give
     the same logits to float rounding (tests/analysis/test_resumed.py). A ``site`` other than
     the layer's input always runs the whole model.
@@ -61,6 +65,8 @@ class ResumedRuns:
             raise AnalysisError(f"position={position} out of range 0..{tokens.shape[1] - 1}")
         if batch < 1:
             raise AnalysisError(f"batch={batch} is invalid: expected an integer >= 1")
+        if len(tokens) == 0 or len(answer_pos) == 0:
+            raise AnalysisError(f"nothing to run: {len(tokens)} examples, answer positions {list(answer_pos)}")
         self.model, self.tokens, self.layer, self.position = model, tokens, layer, position
         self.answer_pos, self.batch = list(answer_pos), batch
         # ``edit``'s hook point: the layer's input (resumable), or another point inside the
@@ -70,7 +76,7 @@ class ResumedRuns:
         # Answer slots the intervention can reach, and their indices into the suffix run.
         self.slots = [j for j, pos in enumerate(self.answer_pos) if pos >= position]
         self.queries = [self.answer_pos[j] - position for j in self.slots]
-        self.fast = resume and self.site == pre and backend.can_resume(model) and len(tokens) > 0
+        self.fast = resume and self.site == pre and backend.can_resume(model)
         self.chunks: list[tuple[Tensor, Tensor, list[Tensor], list[Tensor]]] = []
         if not self.fast:
             return
@@ -95,7 +101,13 @@ class ResumedRuns:
             rows = slice(i * self.batch, i * self.batch + len(clean))
             logits = clean
             if (edit is not None or hooks is not None) and self.slots:
-                suffix = (resid if edit is None else edit(resid.clone(), None))[:, self.position:]
+                # A copy: an in-place edit or hook must not change the recorded run.
+                if edit is None:
+                    suffix = resid[:, self.position:].clone()
+                else:
+                    changed = resid.clone()
+                    edited = edit(changed, None)
+                    suffix = (changed if edited is None else edited)[:, self.position:]
                 logits = clean.clone()
                 with self.model.hooks(fwd_hooks=[] if hooks is None else hooks(rows, self.position)):
                     logits[:, self.slots] = backend.resume_logits(self.model, suffix, self.layer, keys, values,

@@ -50,6 +50,10 @@ def test_resumed_runs_equal_whole_runs(fda_tiny):
     if runs.fast:
         with pytest.raises(AnalysisError, match="before layer"):
             resumed_neuron_logits(runs, [(0, table.positions[0], 1)], vals[:, :1])
+    with pytest.raises(AnalysisError, match=r"values have shape \(50, 2\)"):
+        resumed_neuron_logits(runs, neurons, vals[:, :2])
+    with pytest.raises(AnalysisError, match="neuron \\(layer 1, position -1"):
+        resumed_neuron_logits(runs, [(1, -1, 0)], vals[:, :1])
 
 
 def test_bad_neurons_and_values(fda_tiny):

@@ -68,3 +68,58 @@ def test_another_site_runs_the_whole_model_and_bad_input_is_named(fda_tiny):
         ResumedRuns(model, ex.tokens, answer, 1, 99)
     with pytest.raises(AnalysisError, match="batch=0 is invalid"):
         ResumedRuns(model, ex.tokens, answer, 1, 4, batch=0)
+
+
+def test_edit_and_hooks_together_in_place_edits_and_slots_out_of_reach(fda_tiny):
+    """An edit with hooks equals the whole run; an in-place edit returning None works and leaves
+    the recorded run as it was; a site after every answer slot changes no logit."""
+    task, model, data = fda_tiny
+    ex = data.splits["train_clean"][:40]
+    answer = ex.answer_pos.tolist()
+    position = answer[0]
+
+    def hooks(rows, first):
+        def hook(act, hook):
+            act[:, answer[-1] - first, 3] = 4.0
+            return act
+        return [("blocks.1.mlp.hook_post", hook)]
+
+    def scale_in_place(act, hook):
+        act[:, position:] *= 0.5  # TransformerLens' in-place style: returns None
+
+    fast = ResumedRuns(model, ex.tokens, answer, 0, position, batch=16)
+    slow = ResumedRuns(model, ex.tokens, answer, 0, position, resume=False)
+    clean = fast.logits()
+    torch.testing.assert_close(fast.logits(edit=scale_in_place, hooks=hooks),
+                               slow.logits(edit=scale_in_place, hooks=hooks), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast.logits(edit=scale_in_place), slow.logits(edit=scale_in_place),
+                               atol=1e-4, rtol=1e-4)
+    assert (fast.logits(edit=scale_in_place) - clean).abs().max() > 1e-3
+    assert torch.equal(fast.logits(), clean)  # the recorded run is untouched
+    last = ex.tokens.shape[1] - 1  # after the last answer-predicting position
+    late = ResumedRuns(model, ex.tokens, answer, 0, last)
+    assert late.slots == [] and torch.equal(late.logits(edit=lambda act, hook: act * 0), late.logits())
+
+
+def test_nothing_to_run_is_named(fda_tiny):
+    task, model, data = fda_tiny
+    ex = data.splits["train_clean"][:8]
+    with pytest.raises(AnalysisError, match="nothing to run: 0 examples"):
+        ResumedRuns(model, ex.tokens[:0], ex.answer_pos.tolist(), 1, 4)
+    with pytest.raises(AnalysisError, match=r"answer positions \[\]"):
+        ResumedRuns(model, ex.tokens, [], 1, 4)
+
+
+def test_intervene_resumed_equals_whole_runs(fda_tiny):
+    """The whole intervention table (INLP, its controls, mean ablation) is the same whether the
+    runs resume at the site or run the whole model."""
+    from memlens.analysis.interventions import intervene
+
+    task, model, data = fda_tiny
+    s = data.splits
+    groups = {"train_clean": s["train_clean"][:100], "train_noisy": s["train_noisy"][:40], "test": s["test"][:100]}
+    kwargs = dict(layer=1, position=task.layout.eq_pos, column=0, max_iterations=2, random_draws=2)
+    fast = intervene(model, groups, s["train_clean"][:300], "column_sum", **kwargs)
+    slow = intervene(model, groups, s["train_clean"][:300], "column_sum", resume=False, **kwargs)
+    assert fast.frame.equals(slow.frame) and fast.examples == slow.examples
+    assert fast.frame["intervention"].tolist()[:3] == ["none", "mean_ablation", "inlp"]

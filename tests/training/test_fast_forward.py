@@ -127,6 +127,8 @@ def test_resumed_suffix_equals_the_full_run(task_and_tokens, fused):
         assert backend.has_hooks(model)
         backend.resume_logits(model, resid, 2, keys[-1:], values[-1:], queries)
     assert seen and not backend.has_hooks(model)
+    with pytest.raises(backend.BackendError, match=r"queries=\[-1, 2\] are invalid"):
+        backend.resume_logits(model, resid, 2, keys[-1:], values[-1:], [-1, 2])
 
 
 def test_logits_at_uses_the_fused_forward_only_without_hooks(task_and_tokens):
