@@ -11,7 +11,7 @@
 # analyses and the report need: final and pre-memorization, not the noise-free baselines', whose
 # metrics are all claim 2 reads), in chunks under the device's 16 MB file limit; at most 8 files
 # come back. Score the unpacked study with `memlens claims` and `memlens report` (as in
-# docs/results/reproduce-small.md), not `memlens reproduce`: without their weights the baselines
+# docs/results/reproduce-small-gpu-old-presets.md), not `memlens reproduce`: without their weights the baselines
 # read as unfinished, and reproduce would train them again.
 . "$(dirname "$0")/gpu_common.sh" "$@"
 RUNS=/tmp/study

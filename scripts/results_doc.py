@@ -14,9 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from memlens.claims import to_markdown
+from memlens.claims import score_run_dirs, to_markdown
 from memlens.io import atomic_write_text
-from memlens.reproduce import score_run_dirs
 
 
 def run_rows(runs: list[Path]) -> list[str]:
@@ -36,30 +35,37 @@ def run_rows(runs: list[Path]) -> list[str]:
 
 
 def analysis_rows(runs: list[Path]) -> list[str]:
-    lines = ["| run | heuristic neuron-positions | outlier neurons | of them heuristic | noisy recall: none / "
-             "outliers set back / random / clean-important | clean acc. with outliers set back | "
-             "circuit IoU (top-k) / random | weighted Jaccard | faithfulness clean / noisy at 10, 25, 50, 75% of edges |",
+    """Per run: claim 6's neuron study and claim 7's circuits, from analysis/*.json (a run
+    without them, e.g. THR for neurons or a reference, reads "n/a")."""
+    lines = ["| run | heuristic neuron-positions | outliers | of them heuristic | noisy recall: none / "
+             "outliers reset / other heuristic reset / random reset | clean acc. with outliers reset | "
+             "circuit IoU / floor / ceiling | cross-faithfulness | EAP-IG vs exact r (EAP) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
+        cells = [run.name]
         try:
             n = json.loads((run / "analysis" / "neurons.json").read_text())["summary"]
+        except (OSError, json.JSONDecodeError):
+            cells += ["n/a"] * 5
+        else:
+            o = n["outliers"]
+            table = {r["variant"]: r for r in ((n.get("patching") or {}).get("table") or [])}
+            recall = " / ".join(f"{table[v]['noisy_memorized_acc']:.3f}" for v in
+                                ("none", "outlier neurons", "other heuristic neurons", "random neurons")
+                                if v in table)
+            share = "n/a" if o["share_heuristic"] is None else f"{o['n_outliers_heuristic']} ({o['share_heuristic']:.0%})"
+            clean = table.get("outlier neurons", {}).get("train_clean_acc")
+            cells += [f"{n['heuristics']['n_heuristic']} of {n['heuristics']['n_neurons']}", str(o["n_outliers"]),
+                      share, recall or "n/a", "n/a" if clean is None else f"{clean:.3f}"]
+        try:
             c = json.loads((run / "analysis" / "circuits.json").read_text())["summary"]
         except (OSError, json.JSONDecodeError):
-            lines.append(f"| {run.name} | missing | | | | | | | |")
-            continue
-        o = n["outliers"]
-        table = {r["variant"].split(" (")[0]: r for r in (n["patching"] or [])}
-        recall = " / ".join(f"{table[v]['noisy_memorized_acc']:.3f}" for v in
-                            ("none", "outlier neurons", "random neurons", "clean-important neurons") if v in table)
-        clean_acc = f"{table['outlier neurons']['train_clean_acc']:.3f}" if "outlier neurons" in table else "n/a"
-        share = "n/a" if o["share_heuristic"] is None else f"{o['n_outliers_heuristic']} ({o['share_heuristic']:.0%})"
-        ov = c["overlap"]
-        faith = " / ".join(", ".join(f"{v:.2f}" for v in c[g].get("faithfulness_by_share", {}).values())
-                           for g in ("clean", "noisy"))
-        lines.append(f"| {run.name} | {n['heuristics']['n_heuristic']} of {n['heuristics']['n_neurons']} | "
-                     f"{o['n_outliers']} | {share} | {recall or 'n/a'} | {clean_acc} | "
-                     f"{ov['iou']:.3f} (k={ov['k']} of {ov['n_edges']}) / {ov['random_iou']:.3f} | "
-                     f"{ov['weighted_jaccard']:.3f} | {faith} |")
+            cells += ["n/a"] * 3
+        else:
+            ov, cf, r = c["overlap"], c["cross_faithfulness"], c["correlation"]
+            cells += [f"{ov['iou']:.3f} / {ov['floor']:.3f} / {ov['ceiling']:.3f}", f"{cf['value']:.3f}",
+                      f"{r['eap-ig']['mean']:.2f} ({r['eap']['mean']:.2f})"]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 

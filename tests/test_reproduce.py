@@ -1,6 +1,7 @@
 """memlens reproduce: plan checks before any work, reuse of finished runs, resume of unfinished."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +138,17 @@ def test_schedule_analyzes_a_run_once_it_and_its_baseline_are_trained(tmp_path):
     for run, base in (("fda-tiny-s0", "fda-tiny-clean-s0"), ("fda-tiny-s1", failed_base)):
         assert order.index(("analyze", run)) > max(order.index(("train end", run)), order.index(("train end", base)))
     assert [r["job"] for r in analyzed] == ["fda-tiny-s0", "fda-tiny-s1", slow]
+
+
+def test_results_doc_script_writes_a_results_page(tiny_run, tmp_path):
+    """scripts/results_doc.py (how docs/results pages are written) imports, tabulates a trained
+    and analyzed run and scores it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("results_doc", Path(__file__).parents[1] / "scripts" / "results_doc.py")
+    results_doc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results_doc)
+    page = tmp_path / "page.md"
+    results_doc.main(str(tiny_run.parent), str(page), [str(tiny_run)])
+    text = page.read_text()
+    assert f"| {tiny_run.name} |" in text and "## Claims scorecard" in text and "| 1 | fda |" in text

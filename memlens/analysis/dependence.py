@@ -73,16 +73,31 @@ def _outcomes(model, pairs, layers: list[int], positions: list[int], chunk_size:
     answer_pos = original.answer_pos
     labels = original.labels
     hit = lambda preds: (preds == labels.to(preds.device)).all(-1)  # noqa: E731
-    base = hit(_predict(model, original.tokens, answer_pos))
+    device = model_device(model)
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
+    # One run per input: each source's run gives both its own answer (the input-level outcome)
+    # and the activations patched from it; the target (original) run is shared by both kinds
+    # and gives the unpatched outcome.
+    target_cache: dict = {}
     grid, inputs = {}, {}
     for kind in KINDS:
         source = with_answer(getattr(pairs, kind), labels)  # differs from original in the edit only
-        inputs[kind] = hit(_predict(model, source, answer_pos)).cpu()
-
+        logits, source_cache = None, None
+        if method == "suffix" and len(source):
+            logits, source_cache = backend.recorded_run(model, source.to(device), names,
+                                                        logit_positions=answer_pos.tolist())
+        preds_in = _predict(model, source, answer_pos) if logits is None else logits.argmax(-1)
+        inputs[kind] = hit(preds_in.cpu()).cpu()
         preds = patch_grid(model, source, original.tokens, lambda logits: logits.argmax(-1),
                            hook="resid_pre", layers=layers, positions=positions, chunk_size=chunk_size,
-                           method=method, logit_positions=answer_pos.tolist())  # (L, P, n, A)
+                           method=method, logit_positions=answer_pos.tolist(), source_cache=source_cache,
+                           target_cache=target_cache)  # (L, P, n, A)
         grid[kind] = hit(preds.cpu())
+    if "logits" in target_cache:  # at the answer positions, or (whole runs) at every position
+        at = target_cache["logits"] if target_cache["key"][2] is not None else target_cache["logits"][:, answer_pos]
+        base = hit(at.argmax(-1).cpu())
+    else:
+        base = hit(_predict(model, original.tokens, answer_pos))
     return GroupOutcome(len(original), base.cpu(), grid, inputs, layers, positions)
 
 

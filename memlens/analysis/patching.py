@@ -92,7 +92,7 @@ def patch_grid(model: Model, source: Int[Tensor, "n pos"], target: Int[Tensor, "
                layers: list[int] | None = None, positions: list[int] | None = None,
                components: list[int] | None = None, chunk_size: int = 4096,
                source_cache: dict[str, Tensor] | None = None, method: str = "suffix",
-               logit_positions: list[int] | None = None) -> Tensor:
+               logit_positions: list[int] | None = None, target_cache: dict | None = None) -> Tensor:
     """Patch ``source`` activations into the ``target`` run at every grid point.
 
     Returns ``metric`` for every (layer, position[, component]) as a tensor of shape
@@ -100,6 +100,10 @@ def patch_grid(model: Model, source: Int[Tensor, "n pos"], target: Int[Tensor, "
     patched run's logits ``(n, pos, vocab)`` to a scalar or any tensor (e.g. per example).
     ``chunk_size`` bounds the number of sequences in one forward pass.
     ``source_cache`` (hook name -> activation) skips the source run when given.
+    ``target_cache``: a dict that keeps the target run's record (the engine's own run of
+    ``target``; with ``logit_positions``, its logits there under ``"logits"``): calls given the
+    same dict with the same target, hook, layers and logit positions run the target once (e.g.
+    two sources patched into one target).
     ``method``: ``"suffix"`` (the engine above) or ``"full"`` (a whole forward per grid point).
     ``logit_positions``: the positions ``metric`` reads; it then receives the logits there
     alone, ``(n, len(logit_positions), vocab)``. The engine then computes nothing a patch
@@ -148,12 +152,14 @@ def patch_grid(model: Model, source: Int[Tensor, "n pos"], target: Int[Tensor, "
     if resume:
         wanted |= {f"blocks.{i}.attn.hook_{kv}" for i in kv_layers for kv in "kv"}
     if not resume:
-        logits, acts = backend.recorded_run(model, target.to(device), wanted)
+        logits, acts = _target_record(model, target.to(device), wanted, None, target_cache,
+                                      (hook, tuple(layers), None))
         results = _patch_whole(model, target.to(device), _TargetRun(logits, acts), hook, layers,
                                positions, components, source_cache, read, chunk_size)
         return _stack(results, layers, positions, components)
     # The suffix engine reads the target's logits at the read positions only.
-    target_read, acts = backend.recorded_run(model, target.to(device), wanted, logit_positions=reads)
+    target_read, acts = _target_record(model, target.to(device), wanted, reads, target_cache,
+                                       (hook, tuple(layers), None if reads is None else tuple(reads)))
     target_run = _TargetRun(target_read, acts)
     results: dict[tuple, Tensor] = {}
     reads = list(range(n_pos)) if reads is None else reads
@@ -165,6 +171,20 @@ def patch_grid(model: Model, source: Int[Tensor, "n pos"], target: Int[Tensor, "
                                    source_cache[name], metric, chunk_size, reads, target_read)
             results.update(((layer, pos, c), v) for c, v in zip(components, values))
     return _stack(results, layers, positions, components)
+
+
+def _target_record(model, target: Tensor, wanted: set[str], reads: list[int] | None, cache: dict | None,
+                   key: tuple) -> tuple[Tensor, dict[str, Tensor]]:
+    """The target run's logits (at ``reads`` when given) and activations ``wanted``, from
+    ``cache`` when it holds this target's run for the same ``key``, else recorded (and kept
+    there)."""
+    if cache and cache.get("key") == key and torch.equal(cache["tokens"], target):
+        return cache["logits"], cache["acts"]
+    logits, acts = backend.recorded_run(model, target, wanted, logit_positions=reads)
+    if cache is not None:
+        cache.clear()
+        cache.update(key=key, tokens=target, logits=logits, acts=acts)
+    return logits, acts
 
 
 def _stack(results: dict[tuple, Tensor], layers, positions, components) -> Tensor:

@@ -102,27 +102,33 @@ def fit_softmax_probes(x: Tensor, labels: Tensor, n_classes: list[int], l2: floa
     """
     n, k, d = x.shape
     xk = x.transpose(0, 1).contiguous()  # (K, n, d): one batched matmul per evaluation
+    xt = xk.transpose(1, 2)
     offsets = np.concatenate([[0], np.cumsum(n_classes)]).tolist()
     label_index = [labels[:, t].view(1, n, 1).expand(k, n, 1) for t in range(len(n_classes))]
-    weight = torch.zeros(k, d, offsets[-1], device=x.device, requires_grad=True)
-    bias = torch.zeros(k, 1, offsets[-1], device=x.device, requires_grad=True)
+    minus_one = torch.full((k, n, 1), -1.0, device=x.device)
+    weight = torch.zeros(k, d, offsets[-1], device=x.device)
+    bias = torch.zeros(k, 1, offsets[-1], device=x.device)
     optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, history_size=20,
                                   tolerance_grad=1e-5, tolerance_change=1e-7,
                                   line_search_fn="strong_wolfe")
 
+    @torch.no_grad()
     def closure():
-        optimizer.zero_grad()
+        # The gradient in closed form (softmax minus one-hot), not by autograd: the same
+        # objective and optimizer, 1.3x faster per fit on 2 CPU cores (decision 68).
         logits = torch.baddbmm(bias, xk, weight)  # (K, n, C)
         loss = 0.5 * l2 * weight.pow(2).sum()
         for t in range(len(n_classes)):
-            logp = logits[..., offsets[t]:offsets[t + 1]].log_softmax(-1)
+            block = logits[..., offsets[t]:offsets[t + 1]]
+            logp = block.log_softmax(-1)
             loss = loss - logp.gather(-1, label_index[t]).sum()
-        loss = loss / n  # keeps line-search numbers moderate; the optimum is unchanged
-        loss.backward()
-        return loss
+            block.copy_(logp.exp_().scatter_add_(-1, label_index[t], minus_one))  # d loss / d logits
+        weight.grad = torch.baddbmm(weight, xt, logits, beta=l2).div_(n)
+        bias.grad = logits.sum(1, keepdim=True).div_(n)
+        return loss / n  # keeps line-search numbers moderate; the optimum is unchanged
 
     optimizer.step(closure)
-    return weight.detach(), bias.detach()[:, 0]
+    return weight, bias[:, 0]
 
 
 def predict_probes(x: Tensor, weight: Tensor, bias: Tensor, n_classes: list[int]) -> Tensor:

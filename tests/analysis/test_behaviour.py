@@ -8,7 +8,7 @@ from memlens.analysis.behaviour import answered, behaviour
 
 def test_baseline_outcomes_include_neighbour_accuracy(fda_tiny):
     """The baseline's neighbour accuracy is kept: the control for neighbours that memorization
-    damages without copying the noisy label (docs/results/reproduce-small.md)."""
+    damages without copying the noisy label (docs/results/reproduce-small-gpu-old-presets.md)."""
     from memlens.models import ModelConfig, build_model
 
     task, model, data = fda_tiny

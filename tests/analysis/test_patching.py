@@ -208,3 +208,27 @@ def test_bad_grid(pair):
         patch_grid(model, clean.tokens, corrupted.tokens, m, hook="z", components=[9])
     with pytest.raises(AnalysisError, match="unknown hook 'resid'"):
         patch_grid(model, clean.tokens, corrupted.tokens, m, hook="resid")
+
+
+def test_target_cache_runs_the_target_once(fda_tiny, monkeypatch):
+    """Two sources patched into one target with one ``target_cache``: the target is recorded
+    once, the values equal uncached calls, and the cache holds the target's logits at the read
+    positions; another target is recorded anew."""
+    task, model, data = fda_tiny
+    target, other = data.test[:24], data.test[24:48]
+    sources = [data.test[48:72].tokens, data.test[72:96].tokens]
+    answer = target.answer_pos.tolist()
+    per_example = lambda logits: logits.argmax(-1)  # noqa: E731
+    grid = partial(patch_grid, model, metric=per_example, logit_positions=answer)
+    want = [grid(src, target.tokens) for src in sources] + [grid(sources[0], other.tokens)]
+    calls = []
+    recorded_run = backend.recorded_run
+    monkeypatch.setattr(backend, "recorded_run", lambda *a, **k: calls.append(1) or recorded_run(*a, **k))
+    cache: dict = {}
+    got = [grid(src, target.tokens, target_cache=cache) for src in sources]
+    assert len(calls) == 3  # two source runs, one target run
+    assert cache["logits"].shape == (len(target), len(answer), model.cfg.d_vocab_out)
+    got.append(grid(sources[0], other.tokens, target_cache=cache))
+    assert len(calls) == 5  # a new target is run again
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
