@@ -101,7 +101,8 @@ def patch_grid(model: Model, source: Int[Tensor, "n pos"], target: Int[Tensor, "
     ``chunk_size`` bounds the number of sequences in one forward pass.
     ``source_cache`` (hook name -> activation) skips the source run when given.
     ``target_cache``: a dict that keeps the target run's record (the engine's own run of
-    ``target``; with ``logit_positions``, its logits there under ``"logits"``): calls given the
+    ``target``; its logits under ``"logits"``: at ``logit_positions`` where the model resumes
+    runs, at every position otherwise, e.g. on the 4.x bridge): calls given the
     same dict with the same target, hook, layers and logit positions run the target once (e.g.
     two sources patched into one target).
     ``method``: ``"suffix"`` (the engine above) or ``"full"`` (a whole forward per grid point).
