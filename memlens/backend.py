@@ -314,11 +314,14 @@ def run_suffix(model: nn.Module, resid: Tensor, layer: int, keys: list[Tensor],
                values: list[Tensor]) -> Tensor:
     """Logits of positions ``p..`` given the residual stream entering ``layer`` there
     (``resid``: batch, positions p.., d_model) and, for every layer from ``layer`` on, the keys
-    and values of positions ``< p`` (``keys[i - layer]``: batch, p, heads, d_head).
-    Hooks attached with ``model.hooks`` fire as in a full run (at positions p.. only)."""
+    and values of positions ``< p`` (``keys[i - layer]``: batch, p, heads, d_head; with
+    ``p = 0``, a plain run from the layer). Hooks attached with ``model.hooks`` fire as in a
+    full run (at positions p.. only)."""
     if not can_resume(model):
         raise BackendError(f"{describe()} cannot resume a forward pass at a layer with a "
                            "key-value cache; run whole sequences instead")
+    if keys[0].shape[1] == 0:  # no earlier positions: a plain run from the layer
+        return run_from_layer(model, resid, layer)
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
     from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
@@ -440,8 +443,5 @@ def resume_logits(model: nn.Module, resid: Tensor, layer: int, keys: list[Tensor
         resid = resid[:, :max(queries) + 1]
     if _fused(model):
         return FastForward(model).resume(resid, layer, keys, values, queries)
-    if keys[0].shape[1] == 0 and can_resume(model):  # no earlier positions: a plain run from the layer
-        logits = run_from_layer(model, resid, layer)
-    else:
-        logits = run_suffix(model, resid, layer, keys, values)
+    logits = run_suffix(model, resid, layer, keys, values)
     return logits if queries is None else logits[:, queries]

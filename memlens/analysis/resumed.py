@@ -16,7 +16,7 @@ from torch import Tensor
 
 from memlens import backend
 from memlens.backend import Model
-from memlens.analysis.common import AnalysisError, model_device
+from memlens.analysis.common import AnalysisError, check_layers, check_positions, model_device
 
 SiteEdit = Callable[[Tensor, object], Tensor]  # a TransformerLens hook function on the site
 HooksFor = Callable[[slice, int], list]  # (rows of the batch, first position run) -> fwd hooks
@@ -39,12 +39,13 @@ class ResumedRuns:
     run is recorded once (its answer logits, the residual stream entering ``layer``, the keys
     and values of layers ``layer..``), and each intervened run starts at ``layer`` on positions
     ``position..`` through the last answer-predicting one, the earlier positions' keys and
-    values cached; answer slots before ``position`` keep the unintervened logits. Without hooks,
-    and where :class:`~memlens.training.fast_forward.FastForward` covers the model, the fused
-    forward runs it (:func:`memlens.backend.resume_logits`); otherwise TransformerLens' own run. Otherwise (the 4.x
-    bridge, or ``resume=False``) the whole model runs with the intervention as hooks. Both give
-    the same logits to float rounding (tests/analysis/test_resumed.py). A ``site`` other than
-    the layer's input always runs the whole model.
+    values cached; answer slots before ``position`` keep the unintervened logits. Such a run is
+    fused (:class:`~memlens.training.fast_forward.FastForward`) when nothing is hooked and the
+    fused forward covers the model, else TransformerLens' own
+    (:func:`memlens.backend.resume_logits`). Where the backend cannot resume (the 4.x bridge),
+    with ``resume=False``, or with a ``site`` other than the layer's input, the whole model runs
+    with the intervention as hooks. Both give the same logits to float rounding
+    (tests/analysis/test_resumed.py).
 
     >>> from memlens.tasks import make_task
     >>> from memlens.models import build_model, ModelConfig
@@ -59,10 +60,8 @@ class ResumedRuns:
 
     def __init__(self, model: Model, tokens: Tensor, answer_pos: list[int], layer: int, position: int,
                  batch: int = 1024, resume: bool = True, site: str | None = None):
-        if not 0 <= layer < model.cfg.n_layers:
-            raise AnalysisError(f"layer={layer} out of range: the model has layers 0..{model.cfg.n_layers - 1}")
-        if not 0 <= position < tokens.shape[1]:
-            raise AnalysisError(f"position={position} out of range 0..{tokens.shape[1] - 1}")
+        check_layers(model, [layer])
+        check_positions(tokens.shape[1], [position])
         if batch < 1:
             raise AnalysisError(f"batch={batch} is invalid: expected an integer >= 1")
         if len(tokens) == 0 or len(answer_pos) == 0:

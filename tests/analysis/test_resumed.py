@@ -62,9 +62,9 @@ def test_another_site_runs_the_whole_model_and_bad_input_is_named(fda_tiny):
     assert not mid.fast
     zero = mid.logits(edit=lambda act, hook: act * 0)
     assert (zero - mid.logits()).abs().max() > 1e-3
-    with pytest.raises(AnalysisError, match="layer=2 out of range"):
+    with pytest.raises(AnalysisError, match=r"layer\(s\) \[2\] out of range"):
         ResumedRuns(model, ex.tokens, answer, 2, 4)
-    with pytest.raises(AnalysisError, match="position=99 out of range"):
+    with pytest.raises(AnalysisError, match=r"position\(s\) \[99\] out of range"):
         ResumedRuns(model, ex.tokens, answer, 1, 99)
     with pytest.raises(AnalysisError, match="batch=0 is invalid"):
         ResumedRuns(model, ex.tokens, answer, 1, 4, batch=0)
