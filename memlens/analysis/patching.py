@@ -128,6 +128,8 @@ def patch_grid(model: Model, source: Int[Tensor, "n pos"], target: Int[Tensor, "
     layers, positions, components = check_grid(model, hook, layers, positions, components, n_pos)
     if method not in ("suffix", "full"):
         raise AnalysisError(f"method={method!r} is invalid: expected 'suffix' or 'full'")
+    if target_cache is not None and not isinstance(target_cache, dict):
+        raise AnalysisError(f"target_cache={type(target_cache).__name__} is invalid: expected a dict")
     reads = None if logit_positions is None else check_positions(n_pos, list(logit_positions))
     if reads is not None:
         read = lambda logits: metric(logits[:, reads])  # noqa: E731
