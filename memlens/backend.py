@@ -425,7 +425,8 @@ def recorded_run(model: nn.Module, tokens: Tensor, names: set[str] | list[str],
 
 
 def resume_logits(model: nn.Module, resid: Tensor, layer: int, keys: list[Tensor],
-                  values: list[Tensor], queries: list[int] | None = None) -> Tensor:
+                  values: list[Tensor], queries: list[int] | None = None,
+                  known: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """:func:`run_suffix`'s logits at the suffix indices ``queries`` (all by default).
 
     A model with no hook attached and a configuration that
@@ -433,6 +434,11 @@ def resume_logits(model: nn.Module, resid: Tensor, layer: int, keys: list[Tensor
     layer computes ``queries`` alone (equal to float rounding); otherwise the model itself runs
     with its hooks (:func:`run_suffix`) and the logits are indexed afterwards. Positions after
     the last query are not run (a hook there does not fire).
+
+    ``known``: ``layer``'s keys and values at the suffix positions after the first (batch,
+    s-1, heads, d_head), for a ``resid`` that differs from a recorded run at its first position
+    alone; the fused suffix then reuses them (:meth:`FastForward.resume`), the model's own run
+    computes them again.
     """
     from memlens.training.fast_forward import FastForward
 
@@ -441,7 +447,13 @@ def resume_logits(model: nn.Module, resid: Tensor, layer: int, keys: list[Tensor
             raise BackendError(f"queries={list(queries)} are invalid: expected suffix indices >= 0")
         # Causal attention: positions after the last query cannot reach it; none is run.
         resid = resid[:, :max(queries) + 1]
+    if known is not None and known[0].shape[1] < resid.shape[1] - 1:
+        raise BackendError(f"known keys cover {known[0].shape[1]} positions: expected at least "
+                           f"{resid.shape[1] - 1}, the suffix after its first position")
     if _fused(model):
-        return FastForward(model).resume(resid, layer, keys, values, queries)
+        if known is not None:
+            width = resid.shape[1] - 1
+            known = (known[0][:, :width], known[1][:, :width])
+        return FastForward(model).resume(resid, layer, keys, values, queries, known)
     logits = run_suffix(model, resid, layer, keys, values)
     return logits if queries is None else logits[:, queries]

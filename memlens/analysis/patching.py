@@ -12,7 +12,9 @@ there equals its target activation. So, for each grid point, the engine
 1. skips the examples whose source and target activations are equal there (their patched run
    is the target run: its logits are reused);
 2. runs the others from layer L (``start_at_layer``) on positions p.. only, with the target
-   run's keys and values of positions < p given as a frozen TransformerLens key-value cache;
+   run's keys and values of positions < p given as a frozen TransformerLens key-value cache
+   (a ``resid_pre`` patch changes layer L's input at p alone, so there the fused suffix also
+   reuses the target's keys and values of the positions after p);
 3. writes those suffix logits into a copy of the target logits and calls ``metric``.
 
 Grid points of one (layer, position) share a forward, chunked to bound memory. Hooks are
@@ -224,8 +226,10 @@ class _TargetRun:
     def __init__(self, logits: Tensor, acts: dict[str, Tensor]):
         self.logits, self.acts = logits, acts
 
-    def prefix_kv(self, model, layer: int, pos: int, examples: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """Keys and values of positions < ``pos`` of ``examples``, for the layers from ``layer`` on."""
+    def prefix_kv(self, model, layer: int, pos: int, examples: Tensor | slice
+                  ) -> tuple[list[Tensor], list[Tensor]]:
+        """Keys and values of positions < ``pos`` of ``examples`` (indices, or a slice: views),
+        for the layers from ``layer`` on."""
         layers = range(layer, model.cfg.n_layers)
         return ([self.acts[f"blocks.{i}.attn.hook_k"][examples, :pos] for i in layers],
                 [self.acts[f"blocks.{i}.attn.hook_v"][examples, :pos] for i in layers])
@@ -285,12 +289,18 @@ def _suffix_forward(model, target_run: _TargetRun, kind: str, layer: int, pos: i
     else:
         comp = torch.tensor(components, device=src.device)[comp_of_row]
         patch_value = src[examples, pos, comp]
+    if kind == "resid_pre":  # the patch is the suffix's first input: no hook needed
+        # All examples (rows are sorted, distinct indices): views instead of copies.
+        take = slice(None) if len(examples) == len(src) else examples
+        resid = target_run.acts[f"blocks.{layer}.hook_resid_pre"][take, pos:].clone()
+        resid[:, 0] = patch_value.to(resid.dtype)
+        keys, values = target_run.prefix_kv(model, layer, pos, take)
+        # Layer ``layer``'s keys and values after ``pos`` are the target's: its input is
+        # unchanged there.
+        known = tuple(target_run.acts[f"blocks.{layer}.attn.hook_{kv}"][take, pos + 1:] for kv in "kv")
+        return backend.resume_logits(model, resid, layer, keys, values, queries, known)
     resid = target_run.acts[f"blocks.{layer}.hook_resid_pre"][examples, pos:]
     keys, values = target_run.prefix_kv(model, layer, pos, examples)
-    if kind == "resid_pre":  # the patch is the suffix's first input: no hook needed
-        resid = resid.clone()
-        resid[:, 0] = patch_value.to(resid.dtype)
-        return backend.resume_logits(model, resid, layer, keys, values, queries)
 
     def patch(act: Tensor, hook) -> Tensor:
         if components == [None]:

@@ -32,6 +32,12 @@ ACTIVATIONS = {
 }
 
 
+# torch's CPU softmax runs a scalar loop over rows narrower than this (the AVX-512 width in
+# float32): 10x slower per element at 15 keys than at 16 (torch 2.13, 2 cores;
+# docs/benchmarks/patching.md). Suffix runs pad attention rows with fewer keys to it.
+SOFTMAX_FAST_WIDTH = 16
+
+
 def supports(model) -> bool:
     """Whether :class:`FastForward` reproduces ``model``'s forward pass exactly."""
     cfg = model.cfg
@@ -143,7 +149,8 @@ class FastForward(nn.Module):
 
     @torch.no_grad()
     def resume(self, resid: torch.Tensor, layer: int, keys: list[torch.Tensor],
-               values: list[torch.Tensor], queries: list[int] | None = None) -> torch.Tensor:
+               values: list[torch.Tensor], queries: list[int] | None = None,
+               known: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Logits of a suffix of positions ``p..``, run from ``layer`` on (no gradients).
 
         ``resid`` (batch, s, d_model) is the residual stream entering ``layer`` at positions
@@ -152,15 +159,25 @@ class FastForward(nn.Module):
         With ``queries`` (indices into the suffix) the last layer runs its queries, attention
         output, MLP and unembedding there alone: (batch, len(queries), vocab). Equals
         :func:`memlens.backend.run_suffix` to float rounding (tests/training/test_fast_forward.py).
+
+        ``known``: layer ``layer``'s keys and values at positions ``p+1..p+s-1`` (batch, s-1,
+        heads, d_head), when the caller has them, i.e. when ``resid`` differs from a recorded run
+        at its first position alone (a ``resid_pre`` patch). That layer then computes keys and
+        values at its first position only, and queries where they are read: about a quarter of
+        its arithmetic. The caller vouches that they are the keys and values of ``resid[:, 1:]``.
         """
         cfg = self.model.cfg
         w = canonical_params(self.model)
         x = resid
         index = None if queries is None else torch.as_tensor(queries, device=resid.device)
+        if known is not None and known[0].shape[1] != resid.shape[1] - 1:
+            raise ValueError(f"known keys cover {known[0].shape[1]} positions: expected "
+                             f"{resid.shape[1] - 1}, the suffix after its first position")
         for i, block in enumerate(range(layer, cfg.n_layers)):
             last = index is not None and block == cfg.n_layers - 1
             prefix = (keys[i].transpose(1, 2), values[i].transpose(1, 2))  # (batch, heads, p, d_head)
-            x = self._block(w, f"blocks.{block}", x, index if last else None, prefix)
+            x = self._block(w, f"blocks.{block}", x, index if last else None, prefix,
+                            known=known if i == 0 else None)
         n, width = x.shape[:2]
         x = self._norm(w, "ln_final", x).reshape(n * width, -1)
         return torch.addmm(w["unembed.b_U"], x, w["unembed.W_U"]).view(n, width, -1)
@@ -168,10 +185,12 @@ class FastForward(nn.Module):
     def _block(self, w: dict[str, torch.Tensor], p: str, x: torch.Tensor,
                queries: torch.Tensor | None,
                prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
-               kv_out: list[torch.Tensor] | None = None) -> torch.Tensor:
+               kv_out: list[torch.Tensor] | None = None,
+               known: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """One transformer block; with ``queries`` (positions), its output at those alone;
         with ``prefix`` (keys, values of earlier positions), ``x`` is the suffix after them;
-        ``kv_out`` receives this block's keys and values (batch, pos, heads, d_head)."""
+        ``kv_out`` receives this block's keys and values (batch, pos, heads, d_head);
+        ``known``: keys and values of ``x[:, 1:]`` (:meth:`resume`)."""
         cfg = self.model.cfg
         n, pos, _ = x.shape
         heads, d_head = cfg.n_heads, cfg.d_head
@@ -179,18 +198,22 @@ class FastForward(nn.Module):
         # One product for Q, K and V: weights (3, heads, d_model, d_head) -> (d_model, 3*heads*d_head).
         w_qkv = torch.stack([w[f"{p}.attn.W_{c}"] for c in "QKV"]).permute(2, 0, 1, 3).reshape(cfg.d_model, -1)
         b_qkv = torch.stack([w[f"{p}.attn.b_{c}"] for c in "QKV"]).reshape(-1)
-        q, k, v = torch.addmm(b_qkv, h.reshape(n * pos, -1), w_qkv).view(n, pos, 3, heads, d_head) \
-            .permute(2, 0, 3, 1, 4).unbind(0)  # each (n, heads, pos, d_head)
-        if kv_out is not None:  # copies: views would keep the whole QKV product alive
-            kv_out.extend((k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()))
-        before = 0
-        if prefix is not None and prefix[0].shape[2]:
-            before = prefix[0].shape[2]
-            k, v = torch.cat([prefix[0].to(k.dtype), k], 2), torch.cat([prefix[1].to(v.dtype), v], 2)
+        before = 0 if prefix is None else prefix[0].shape[2]
+        if known is None:
+            q, k, v = torch.addmm(b_qkv, h.reshape(n * pos, -1), w_qkv).view(n, pos, 3, heads, d_head) \
+                .permute(2, 0, 3, 1, 4).unbind(0)  # each (n, heads, pos, d_head)
+            if queries is not None:
+                q = q[:, :, queries]
+            if kv_out is not None:  # copies: views would keep the whole QKV product alive
+                kv_out.extend((k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()))
+            if before:
+                k, v = torch.cat([prefix[0].to(k.dtype), k], 2), torch.cat([prefix[1].to(v.dtype), v], 2)
+        else:
+            q, k, v = self._fresh_first_qkv(h, w_qkv, b_qkv, known, queries, prefix)
         # Query i (absolute position before + i) sees keys 0..before + i.
         mask = torch.ones(pos, before + pos, dtype=torch.bool, device=x.device).triu(before + 1)
         if queries is not None:
-            q, mask, x = q[:, :, queries], mask[queries], x[:, queries]
+            mask, x = mask[queries], x[:, queries]
         if x.is_cuda if self.fused_attention is None else self.fused_attention:
             # One fused kernel on the GPU, where the step is bound by kernel launches.
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=~mask, scale=self.scale)
@@ -198,11 +221,47 @@ class FastForward(nn.Module):
             # Explicit softmax attention, as TransformerLens computes it: on 2 CPU cores it is
             # 1.4x faster than scaled_dot_product_attention at these sequence lengths.
             scores = (q @ k.transpose(-1, -2) * self.scale).masked_fill(mask, float("-inf"))
-            z = scores.softmax(-1) @ v
+            n_keys = scores.shape[-1]
+            resumed = prefix is not None or known is not None
+            if resumed and n_keys < SOFTMAX_FAST_WIDTH:
+                # Suffix runs (analyses) only, so that training and recorded runs keep their
+                # exact floats: padded with keys no query sees (probability 0), the same
+                # values to float rounding, faster.
+                scores = F.pad(scores, (0, SOFTMAX_FAST_WIDTH - n_keys), value=float("-inf"))
+            z = scores.softmax(-1)[..., :n_keys] @ v
         width = q.shape[2]
         z = z.transpose(1, 2).reshape(n * width, heads * d_head)
         w_o = w[f"{p}.attn.W_O"].reshape(heads * d_head, cfg.d_model)
         x = x + torch.addmm(w[f"{p}.attn.b_O"], z, w_o).view(n, width, -1)
         h = self._norm(w, f"{p}.ln2", x).reshape(n * width, -1)
-        hidden = self.act(torch.addmm(w[f"{p}.mlp.b_in"], h, w[f"{p}.mlp.W_in"]))
+        hidden = torch.addmm(w[f"{p}.mlp.b_in"], h, w[f"{p}.mlp.W_in"])
+        # In place on the product's own output (its backward does not read it): on 2 CPU
+        # cores F.relu's out-of-place kernel is 4x slower than relu_.
+        hidden = hidden.relu_() if self.model.cfg.act_fn == "relu" else self.act(hidden)
         return x + torch.addmm(w[f"{p}.mlp.b_out"], hidden, w[f"{p}.mlp.W_out"]).view(n, width, -1)
+
+    def _fresh_first_qkv(self, h: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor,
+                         known: tuple[torch.Tensor, torch.Tensor], queries: torch.Tensor | None,
+                         prefix: tuple[torch.Tensor, torch.Tensor] | None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries (at ``queries``, all positions when None), and keys and values (``prefix``'s,
+        then all positions), each (n, heads, ·, d_head), of a block whose input ``h``
+        (normalized) differs from a recorded run at position 0 alone: keys and values there are
+        computed, the others are ``known`` (TransformerLens' cache layout); queries are computed
+        where they are read."""
+        cfg = self.model.cfg
+        n, pos, _ = h.shape
+        heads, d_head = cfg.n_heads, cfg.d_head
+        q0, k0, v0 = torch.addmm(b_qkv, h[:, 0], w_qkv).view(n, 3, heads, d_head).unbind(1)
+        before = () if prefix is None else (prefix[0].to(k0.dtype), prefix[1].to(v0.dtype))
+        k = torch.cat([*before[:1], k0[:, :, None], known[0].transpose(1, 2).to(k0.dtype)], 2)
+        v = torch.cat([*before[1:], v0[:, :, None], known[1].transpose(1, 2).to(v0.dtype)], 2)
+        want = torch.arange(pos, device=h.device) if queries is None else queries
+        later = want[want > 0]
+        q = h.new_empty(n, heads, len(want), d_head)
+        q[:, :, want == 0] = q0[:, :, None]
+        if len(later):  # W_Q alone: the first third of the fused product's columns
+            width = heads * d_head
+            q_later = torch.addmm(b_qkv[:width], h[:, later].reshape(n * len(later), -1), w_qkv[:, :width])
+            q[:, :, want > 0] = q_later.view(n, len(later), heads, d_head).transpose(1, 2)
+        return q, k, v

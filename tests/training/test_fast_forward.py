@@ -131,6 +131,48 @@ def test_resumed_suffix_equals_the_full_run(task_and_tokens, fused):
         backend.resume_logits(model, resid, 2, keys[-1:], values[-1:], [-1, 2])
 
 
+
+def test_known_keys_after_a_first_position_patch_give_the_same_logits(task_and_tokens):
+    """A residual stream patched at its first suffix position alone: reusing the recorded
+    keys and values of the later positions (``known``) gives the logits of the run that
+    computes them, with any queries (the first position among them or not, in any order)."""
+    from memlens import backend
+
+    task, tokens = task_and_tokens
+    model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=4), task, seed=7)
+    if not backend.can_resume(model):
+        pytest.skip("the suffix engine resumes HookedTransformer runs only (docs/backends.md)")
+    fast = FastForward(model)
+    _, cache = model.run_with_cache(tokens)
+    n_pos = tokens.shape[1]
+    for layer in range(2):
+        for p in (0, 3, n_pos - 2):
+            keys = [cache[f"blocks.{i}.attn.hook_k"][:, :p] for i in range(layer, 2)]
+            values = [cache[f"blocks.{i}.attn.hook_v"][:, :p] for i in range(layer, 2)]
+            resid = cache[f"blocks.{layer}.hook_resid_pre"][:, p:].clone()
+            resid[:, 0] = resid[:, 0].roll(1, 0)  # another example's activation: a real patch
+            known = tuple(cache[f"blocks.{layer}.attn.hook_{kv}"][:, p + 1:] for kv in "kv")
+            suffix = n_pos - p
+            for queries in (None, [0], list(range(suffix)), [suffix - 1, 0], [suffix - 1]):
+                want = model(resid, start_at_layer=layer, return_type="logits") if p == 0 else \
+                    backend.run_suffix(model, resid, layer, keys, values)
+                want = want if queries is None else want[:, queries]
+                got = fast.resume(resid, layer, keys, values, queries, known)
+                torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(fast.resume(resid, layer, keys, values, queries), want,
+                                           atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(  # trims ``known`` with the suffix it runs
+                    backend.resume_logits(model, resid, layer, keys, values, queries, known), want,
+                    atol=1e-5, rtol=1e-5)
+    # ``known`` from the unpatched run is what makes it right: other keys change the logits.
+    wrong = (known[0] + 1, known[1])
+    assert not torch.allclose(fast.resume(resid, 1, keys, values, None, wrong),
+                              fast.resume(resid, 1, keys, values, None, known), atol=1e-3)
+    with pytest.raises(ValueError, match="known keys cover 0 positions: expected 1"):
+        fast.resume(resid, 1, keys, values, None, (known[0][:, :0], known[1][:, :0]))
+    with pytest.raises(backend.BackendError, match="known keys cover 0 positions: expected at least 1"):
+        backend.resume_logits(model, resid, 1, keys, values, None, (known[0][:, :0], known[1][:, :0]))
+
 def test_logits_at_uses_the_fused_forward_only_without_hooks(task_and_tokens):
     from memlens import backend
 
