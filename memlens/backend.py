@@ -447,9 +447,9 @@ def resume_logits(model: nn.Module, resid: Tensor, layer: int, keys: list[Tensor
             raise BackendError(f"queries={list(queries)} are invalid: expected suffix indices >= 0")
         # Causal attention: positions after the last query cannot reach it; none is run.
         resid = resid[:, :max(queries) + 1]
-    if known is not None and known[0].shape[1] < resid.shape[1] - 1:
-        raise BackendError(f"known keys cover {known[0].shape[1]} positions: expected at least "
-                           f"{resid.shape[1] - 1}, the suffix after its first position")
+    if known is not None and min(kv.shape[1] for kv in known) < resid.shape[1] - 1:
+        raise BackendError(f"known keys and values cover {[kv.shape[1] for kv in known]} positions: "
+                           f"expected at least {resid.shape[1] - 1}, the suffix after its first position")
     if _fused(model):
         if known is not None:
             width = resid.shape[1] - 1

@@ -291,7 +291,8 @@ def _suffix_forward(model, target_run: _TargetRun, kind: str, layer: int, pos: i
         patch_value = src[examples, pos, comp]
     if kind == "resid_pre":  # the patch is the suffix's first input: no hook needed
         # All examples (rows are sorted, distinct indices): views instead of copies.
-        take = slice(None) if len(examples) == len(src) else examples
+        every = target_run.acts[f"blocks.{layer}.hook_resid_pre"].shape[0]
+        take = slice(None) if len(examples) == every else examples
         resid = target_run.acts[f"blocks.{layer}.hook_resid_pre"][take, pos:].clone()
         resid[:, 0] = patch_value.to(resid.dtype)
         keys, values = target_run.prefix_kv(model, layer, pos, take)

@@ -169,15 +169,24 @@ class FastForward(nn.Module):
         cfg = self.model.cfg
         w = canonical_params(self.model)
         x = resid
-        index = None if queries is None else torch.as_tensor(queries, device=resid.device)
-        if known is not None and known[0].shape[1] != resid.shape[1] - 1:
-            raise ValueError(f"known keys cover {known[0].shape[1]} positions: expected "
-                             f"{resid.shape[1] - 1}, the suffix after its first position")
+        n, width = resid.shape[:2]
+        index = host = None
+        if queries is not None:  # on the host: negative indices counted from the end, as in indexing
+            host = torch.as_tensor(queries).tolist()
+            if any(not -width <= q < width for q in host):
+                raise ValueError(f"queries={host} are out of range for a suffix of {width} positions")
+            host = [q % width for q in host]
+            index = torch.as_tensor(host, device=resid.device)
+        if known is not None:
+            for name, kv in zip(("keys", "values"), known):
+                if tuple(kv.shape[:2]) != (n, width - 1):
+                    raise ValueError(f"known {name} have (batch, positions) {tuple(kv.shape[:2])}: "
+                                     f"expected {(n, width - 1)}, the suffix after its first position")
         for i, block in enumerate(range(layer, cfg.n_layers)):
             last = index is not None and block == cfg.n_layers - 1
             prefix = (keys[i].transpose(1, 2), values[i].transpose(1, 2))  # (batch, heads, p, d_head)
             x = self._block(w, f"blocks.{block}", x, index if last else None, prefix,
-                            known=known if i == 0 else None)
+                            known=known if i == 0 else None, query_list=host if last else None)
         n, width = x.shape[:2]
         x = self._norm(w, "ln_final", x).reshape(n * width, -1)
         return torch.addmm(w["unembed.b_U"], x, w["unembed.W_U"]).view(n, width, -1)
@@ -186,11 +195,13 @@ class FastForward(nn.Module):
                queries: torch.Tensor | None,
                prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
                kv_out: list[torch.Tensor] | None = None,
-               known: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+               known: tuple[torch.Tensor, torch.Tensor] | None = None,
+               query_list: list[int] | None = None) -> torch.Tensor:
         """One transformer block; with ``queries`` (positions), its output at those alone;
         with ``prefix`` (keys, values of earlier positions), ``x`` is the suffix after them;
         ``kv_out`` receives this block's keys and values (batch, pos, heads, d_head);
-        ``known``: keys and values of ``x[:, 1:]`` (:meth:`resume`)."""
+        ``known``: keys and values of ``x[:, 1:]`` (:meth:`resume`), with ``query_list``,
+        ``queries`` on the host (none: every position)."""
         cfg = self.model.cfg
         n, pos, _ = x.shape
         heads, d_head = cfg.n_heads, cfg.d_head
@@ -209,7 +220,9 @@ class FastForward(nn.Module):
             if before:
                 k, v = torch.cat([prefix[0].to(k.dtype), k], 2), torch.cat([prefix[1].to(v.dtype), v], 2)
         else:
-            q, k, v = self._fresh_first_qkv(h, w_qkv, b_qkv, known, queries, prefix)
+            if kv_out is not None:
+                raise ValueError("kv_out records a whole block's keys; with known they are not computed")
+            q, k, v = self._fresh_first_qkv(h, w_qkv, b_qkv, known, query_list, prefix)
         # Query i (absolute position before + i) sees keys 0..before + i.
         mask = torch.ones(pos, before + pos, dtype=torch.bool, device=x.device).triu(before + 1)
         if queries is not None:
@@ -241,14 +254,15 @@ class FastForward(nn.Module):
         return x + torch.addmm(w[f"{p}.mlp.b_out"], hidden, w[f"{p}.mlp.W_out"]).view(n, width, -1)
 
     def _fresh_first_qkv(self, h: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor,
-                         known: tuple[torch.Tensor, torch.Tensor], queries: torch.Tensor | None,
+                         known: tuple[torch.Tensor, torch.Tensor], queries: list[int] | None,
                          prefix: tuple[torch.Tensor, torch.Tensor] | None
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries (at ``queries``, all positions when None), and keys and values (``prefix``'s,
-        then all positions), each (n, heads, ·, d_head), of a block whose input ``h``
-        (normalized) differs from a recorded run at position 0 alone: keys and values there are
-        computed, the others are ``known`` (TransformerLens' cache layout); queries are computed
-        where they are read."""
+        """Queries (at ``queries``, non-negative positions on the host; all positions when
+        None), and keys and values (``prefix``'s, then all positions), each (n, heads, ·,
+        d_head), of a block whose input ``h`` (normalized) differs from a recorded run at
+        position 0 alone: keys and values there are computed, the others are ``known``
+        (TransformerLens' cache layout); queries are computed where they are read. The split
+        is made on the host: no GPU synchronization."""
         cfg = self.model.cfg
         n, pos, _ = h.shape
         heads, d_head = cfg.n_heads, cfg.d_head
@@ -256,12 +270,15 @@ class FastForward(nn.Module):
         before = () if prefix is None else (prefix[0].to(k0.dtype), prefix[1].to(v0.dtype))
         k = torch.cat([*before[:1], k0[:, :, None], known[0].transpose(1, 2).to(k0.dtype)], 2)
         v = torch.cat([*before[1:], v0[:, :, None], known[1].transpose(1, 2).to(v0.dtype)], 2)
-        want = torch.arange(pos, device=h.device) if queries is None else queries
-        later = want[want > 0]
+        want = list(range(pos)) if queries is None else queries
+        first_slots = [i for i, q in enumerate(want) if q == 0]
+        later_slots = [i for i, q in enumerate(want) if q > 0]
         q = h.new_empty(n, heads, len(want), d_head)
-        q[:, :, want == 0] = q0[:, :, None]
-        if len(later):  # W_Q alone: the first third of the fused product's columns
+        if first_slots:
+            q[:, :, first_slots] = q0[:, :, None]
+        if later_slots:  # W_Q alone: the first third of the fused product's columns
+            later = [want[i] for i in later_slots]
             width = heads * d_head
             q_later = torch.addmm(b_qkv[:width], h[:, later].reshape(n * len(later), -1), w_qkv[:, :width])
-            q[:, :, want > 0] = q_later.view(n, len(later), heads, d_head).transpose(1, 2)
+            q[:, :, later_slots] = q_later.view(n, len(later), heads, d_head).transpose(1, 2)
         return q, k, v

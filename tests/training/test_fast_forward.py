@@ -131,12 +131,14 @@ def test_resumed_suffix_equals_the_full_run(task_and_tokens, fused):
         backend.resume_logits(model, resid, 2, keys[-1:], values[-1:], [-1, 2])
 
 
-
-def test_known_keys_after_a_first_position_patch_give_the_same_logits(task_and_tokens):
+def test_known_keys_after_a_first_position_patch_give_the_same_logits(task_and_tokens, monkeypatch):
     """A residual stream patched at its first suffix position alone: reusing the recorded
     keys and values of the later positions (``known``) gives the logits of the run that
-    computes them, with any queries (the first position among them or not, in any order)."""
+    computes them, with any queries (the first position among them or not, in any order,
+    repeated, counted from the end), with either attention kernel, attention rows padded for
+    the softmax or not."""
     from memlens import backend
+    from memlens.training import fast_forward
 
     task, tokens = task_and_tokens
     model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=4), task, seed=7)
@@ -145,33 +147,47 @@ def test_known_keys_after_a_first_position_patch_give_the_same_logits(task_and_t
     fast = FastForward(model)
     _, cache = model.run_with_cache(tokens)
     n_pos = tokens.shape[1]
-    for layer in range(2):
-        for p in (0, 3, n_pos - 2):
-            keys = [cache[f"blocks.{i}.attn.hook_k"][:, :p] for i in range(layer, 2)]
-            values = [cache[f"blocks.{i}.attn.hook_v"][:, :p] for i in range(layer, 2)]
-            resid = cache[f"blocks.{layer}.hook_resid_pre"][:, p:].clone()
-            resid[:, 0] = resid[:, 0].roll(1, 0)  # another example's activation: a real patch
-            known = tuple(cache[f"blocks.{layer}.attn.hook_{kv}"][:, p + 1:] for kv in "kv")
-            suffix = n_pos - p
-            for queries in (None, [0], list(range(suffix)), [suffix - 1, 0], [suffix - 1]):
-                want = model(resid, start_at_layer=layer, return_type="logits") if p == 0 else \
+    assert n_pos < fast_forward.SOFTMAX_FAST_WIDTH  # so that the padded rows are exercised
+    for fused, pad_width in ((False, fast_forward.SOFTMAX_FAST_WIDTH), (False, 0), (True, 0)):
+        fast.fused_attention = fused
+        monkeypatch.setattr(fast_forward, "SOFTMAX_FAST_WIDTH", pad_width)
+        for layer in range(2):
+            for p in (0, 3, n_pos - 2, n_pos - 1):
+                keys = [cache[f"blocks.{i}.attn.hook_k"][:, :p] for i in range(layer, 2)]
+                values = [cache[f"blocks.{i}.attn.hook_v"][:, :p] for i in range(layer, 2)]
+                resid = cache[f"blocks.{layer}.hook_resid_pre"][:, p:].clone()
+                resid[:, 0] = resid[:, 0].roll(1, 0)  # another example's activation: a real patch
+                known = tuple(cache[f"blocks.{layer}.attn.hook_{kv}"][:, p + 1:] for kv in "kv")
+                suffix = n_pos - p
+                whole = model(resid, start_at_layer=layer, return_type="logits") if p == 0 else \
                     backend.run_suffix(model, resid, layer, keys, values)
-                want = want if queries is None else want[:, queries]
-                got = fast.resume(resid, layer, keys, values, queries, known)
-                torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-                torch.testing.assert_close(fast.resume(resid, layer, keys, values, queries), want,
-                                           atol=1e-5, rtol=1e-5)
-                torch.testing.assert_close(  # trims ``known`` with the suffix it runs
-                    backend.resume_logits(model, resid, layer, keys, values, queries, known), want,
-                    atol=1e-5, rtol=1e-5)
+                for queries in (None, [0], list(range(suffix)), [suffix - 1, 0], [suffix - 1],
+                                [0, suffix - 1, 0], [-1]):
+                    want = whole if queries is None else whole[:, queries]
+                    got = fast.resume(resid, layer, keys, values, queries, known)
+                    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+                    torch.testing.assert_close(fast.resume(resid, layer, keys, values, queries), want,
+                                               atol=1e-5, rtol=1e-5)
+                    if queries != [-1]:  # trims ``known`` with the suffix it runs
+                        torch.testing.assert_close(
+                            backend.resume_logits(model, resid, layer, keys, values, queries, known),
+                            want, atol=1e-5, rtol=1e-5)
     # ``known`` from the unpatched run is what makes it right: other keys change the logits.
+    resid, keys, values, known = (cache["blocks.1.hook_resid_pre"][:, 3:], [cache["blocks.1.attn.hook_k"][:, :3]],
+                                  [cache["blocks.1.attn.hook_v"][:, :3]],
+                                  tuple(cache[f"blocks.1.attn.hook_{kv}"][:, 4:] for kv in "kv"))
     wrong = (known[0] + 1, known[1])
     assert not torch.allclose(fast.resume(resid, 1, keys, values, None, wrong),
                               fast.resume(resid, 1, keys, values, None, known), atol=1e-3)
-    with pytest.raises(ValueError, match="known keys cover 0 positions: expected 1"):
-        fast.resume(resid, 1, keys, values, None, (known[0][:, :0], known[1][:, :0]))
-    with pytest.raises(backend.BackendError, match="known keys cover 0 positions: expected at least 1"):
-        backend.resume_logits(model, resid, 1, keys, values, None, (known[0][:, :0], known[1][:, :0]))
+    n, width = resid.shape[:2]
+    with pytest.raises(ValueError, match=rf"known values have \(batch, positions\) \({n}, 0\): "
+                                         rf"expected \({n}, {width - 1}\)"):
+        fast.resume(resid, 1, keys, values, None, (known[0], known[1][:, :0]))
+    with pytest.raises(ValueError, match=rf"queries=\[{width}\] are out of range for a suffix of {width}"):
+        fast.resume(resid, 1, keys, values, [width], known)
+    with pytest.raises(backend.BackendError, match=rf"known keys and values cover \[{width - 1}, 0\] positions"):
+        backend.resume_logits(model, resid, 1, keys, values, None, (known[0], known[1][:, :0]))
+
 
 def test_logits_at_uses_the_fused_forward_only_without_hooks(task_and_tokens):
     from memlens import backend
