@@ -38,6 +38,7 @@ def commands(args) -> dict[str, list[str]]:
         "training": [py, str(BENCH / "training_throughput.py"), "--tasks", "fda", "thr",
                      "--preset", "small", "--steps", "250", "--repeats", "3"],
         "scaling": [py, str(BENCH / "scaling.py")],
+        "softmax_width": [py, str(BENCH / "softmax_width.py")],
     }
     if args.fda_run:
         out["patching"] = [py, str(BENCH / "patching.py"), "--fda-run", args.fda_run, "--repeats", "5"]
@@ -149,7 +150,7 @@ def collect() -> Path:
              "every ratio compares memlens with its baseline alternated in one process run. "
              "Per-benchmark details are in docs/benchmarks/*.md.", ""]
     headline = ["| benchmark | figure | value | goal |", "|---|---|---|---|"]
-    for name in ("patching", "probes", "neurons", "interventions", "backends"):
+    for name in ("patching", "softmax_width", "probes", "neurons", "interventions", "backends"):
         record = load(name)
         for h in (record or {}).get("headline", []):
             headline.append(f"| {h['benchmark']} | {h['figure']} | {h['value']} | {h['goal'] or ''} |")
@@ -177,7 +178,8 @@ def collect() -> Path:
     lines += gpu_runs_section()
     if load("scaling"):
         lines += scaling_section(load("scaling"))
-    for name in ("analysis_times", "patching", "probes", "neurons", "interventions", "data_generation", "backends"):
+    for name in ("analysis_times", "patching", "softmax_width", "probes", "neurons", "interventions",
+                 "data_generation", "backends"):
         md = DOCS / f"{name}.md"
         if md.exists():
             body = md.read_text().strip().splitlines()
