@@ -34,7 +34,7 @@ ACTIVATIONS = {
 
 # torch's CPU softmax runs a scalar loop over rows narrower than this (the AVX-512 width in
 # float32): 10x slower per element at 15 keys than at 16 (torch 2.13, 2 cores;
-# docs/benchmarks/patching.md). Suffix runs pad attention rows with fewer keys to it.
+# benchmarks/softmax_width.py). Suffix runs pad attention rows with fewer keys to it.
 SOFTMAX_FAST_WIDTH = 16
 
 
@@ -176,7 +176,9 @@ class FastForward(nn.Module):
             if any(not -width <= q < width for q in host):
                 raise ValueError(f"queries={host} are out of range for a suffix of {width} positions")
             host = [q % width for q in host]
-            index = torch.as_tensor(host, device=resid.device)
+            index = torch.as_tensor(host, dtype=torch.long, device=resid.device)
+            if not host:  # nothing is read
+                return resid.new_empty(n, 0, w["unembed.W_U"].shape[1])
         if known is not None:
             for name, kv in zip(("keys", "values"), known):
                 if tuple(kv.shape[:2]) != (n, width - 1):

@@ -176,6 +176,7 @@ def test_known_keys_after_a_first_position_patch_give_the_same_logits(task_and_t
     resid, keys, values, known = (cache["blocks.1.hook_resid_pre"][:, 3:], [cache["blocks.1.attn.hook_k"][:, :3]],
                                   [cache["blocks.1.attn.hook_v"][:, :3]],
                                   tuple(cache[f"blocks.1.attn.hook_{kv}"][:, 4:] for kv in "kv"))
+    assert fast.resume(resid, 1, keys, values, [], known).shape == (len(resid), 0, model.W_U.shape[1])
     wrong = (known[0] + 1, known[1])
     assert not torch.allclose(fast.resume(resid, 1, keys, values, None, wrong),
                               fast.resume(resid, 1, keys, values, None, known), atol=1e-3)
