@@ -291,9 +291,9 @@ def _suffix_forward(model, target_run: _TargetRun, kind: str, layer: int, pos: i
         patch_value = src[examples, pos, comp]
     if kind == "resid_pre":  # the patch is the suffix's first input: no hook needed
         # All examples (rows are sorted, distinct indices): views instead of copies.
-        every = target_run.acts[f"blocks.{layer}.hook_resid_pre"].shape[0]
-        take = slice(None) if len(examples) == every else examples
-        resid = target_run.acts[f"blocks.{layer}.hook_resid_pre"][take, pos:].clone()
+        entering = target_run.acts[f"blocks.{layer}.hook_resid_pre"]
+        take = slice(None) if len(examples) == len(entering) else examples
+        resid = entering[take, pos:].clone()
         resid[:, 0] = patch_value.to(resid.dtype)
         keys, values = target_run.prefix_kv(model, layer, pos, take)
         # Layer ``layer``'s keys and values after ``pos`` are the target's: its input is
