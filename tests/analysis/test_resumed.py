@@ -24,6 +24,23 @@ def test_edits_resumed_at_the_layer_equal_whole_runs_with_the_hook(fda_tiny, lay
                  mean_hook(torch.randn(model.cfg.d_model), [position])]
         for edit in edits:
             torch.testing.assert_close(fast.logits(edit=edit), slow.logits(edit=edit), atol=1e-4, rtol=1e-4)
+        # Edits of the site's position alone reuse the layer's recorded keys after it; an edit
+        # of later positions too does not (and still equals the whole run).
+        seen = []
+        resume_logits = backend.resume_logits
+
+        def spy(*args, **kwargs):
+            seen.append(args[6] if len(args) > 6 else kwargs.get("known"))
+            return resume_logits(*args, **kwargs)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(backend, "resume_logits", spy)
+            fast.logits(edit=edits[1])
+            assert seen and all(known is not None for known in seen) or not fast.fast
+            seen.clear()
+            spread = mean_hook(torch.randn(model.cfg.d_model), [position, answer[-1]])
+            torch.testing.assert_close(fast.logits(edit=spread), slow.logits(edit=spread), atol=1e-4, rtol=1e-4)
+            assert all(known is None for known in seen)
         changed = fast.logits(edit=edits[2]) - fast.logits()
         before = [j for j, p in enumerate(answer) if p < position]
         assert changed[:, before].abs().max() == 0 if before else True
