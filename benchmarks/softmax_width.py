@@ -52,6 +52,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
+    for name in ("threads", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name}={getattr(args, name)} is invalid: expected an integer >= 1")
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
     widths = list(range(5, 34)) + [64]

@@ -93,8 +93,8 @@ def _outcomes(model, pairs, layers: list[int], positions: list[int], chunk_size:
                            method=method, logit_positions=answer_pos.tolist(), source_cache=source_cache,
                            target_cache=target_cache)  # (L, P, n, A)
         grid[kind] = hit(preds.cpu())
-    if "logits" in target_cache:  # at the answer positions, or (whole runs) at every position
-        at = target_cache["logits"] if target_cache["key"][2] is not None else target_cache["logits"][:, answer_pos]
+    if "logits" in target_cache:  # at the answer positions where the model resumes runs, else at every one
+        at = target_cache["logits"] if backend.can_resume(model) else target_cache["logits"][:, answer_pos]
         base = hit(at.argmax(-1).cpu())
     else:
         base = hit(_predict(model, original.tokens, answer_pos))

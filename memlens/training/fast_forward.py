@@ -169,21 +169,21 @@ class FastForward(nn.Module):
         cfg = self.model.cfg
         w = canonical_params(self.model)
         x = resid
-        n, width = resid.shape[:2]
+        n, suffix = resid.shape[:2]
         index = host = None
         if queries is not None:  # on the host: negative indices counted from the end, as in indexing
             host = torch.as_tensor(queries).tolist()
-            if any(not -width <= q < width for q in host):
-                raise ValueError(f"queries={host} are out of range for a suffix of {width} positions")
-            host = [q % width for q in host]
+            if any(not -suffix <= q < suffix for q in host):
+                raise ValueError(f"queries={host} are out of range for a suffix of {suffix} positions")
+            host = [q % suffix for q in host]
             index = torch.as_tensor(host, dtype=torch.long, device=resid.device)
             if not host:  # nothing is read
                 return resid.new_empty(n, 0, w["unembed.W_U"].shape[1])
         if known is not None:
             for name, kv in zip(("keys", "values"), known):
-                if tuple(kv.shape[:2]) != (n, width - 1):
+                if tuple(kv.shape[:2]) != (n, suffix - 1):
                     raise ValueError(f"known {name} have (batch, positions) {tuple(kv.shape[:2])}: "
-                                     f"expected {(n, width - 1)}, the suffix after its first position")
+                                     f"expected {(n, suffix - 1)}, the suffix after its first position")
         for i, block in enumerate(range(layer, cfg.n_layers)):
             last = index is not None and block == cfg.n_layers - 1
             prefix = (keys[i].transpose(1, 2), values[i].transpose(1, 2))  # (batch, heads, p, d_head)
