@@ -134,8 +134,11 @@ def main() -> None:
         f"Arithmetic (torch.utils.flop_counter, one call each): memlens {gflop_ours:.1f} GFLOP, "
         f"the transformer_lens loop {gflop_tl:.1f} GFLOP, a ratio of {gflop_tl / gflop_ours:.2f}: "
         "both are compute-bound here, so at equal arithmetic rates the speed-up would be this "
-        "ratio; the fused suffix runs its products faster than TransformerLens' modules do, "
-        "which is what takes the measured ratio past it.",
+        "ratio; " + ("the fused suffix runs its products faster than TransformerLens' modules do, "
+                     "which is what takes the measured ratio past it."
+                     if ratio > gflop_tl / gflop_ours else
+                     "the measured ratio is below it: TransformerLens' modules ran their products "
+                     "at a higher rate than the engine's many smaller ones."),
         "",
         "Where the speed-up comes from (memlens/analysis/patching.py): a patch at (layer L, "
         "position p) can change nothing below L or before p, and nothing at all in an example "
@@ -150,7 +153,11 @@ def main() -> None:
         "runs its queries, MLP and unembedding there alone and a patch after the last of them "
         "is not run at all. In layer L itself only position p's input changed: the other "
         "positions' keys and values are the target's, so the suffix computes keys and values at "
-        "p alone and queries where they are read. Suffix attention rows narrower than 16 keys "
+        "p alone; the queries at later positions are the target's too (recorded), and "
+        "attention reads the target's keys and values as they are, p's score and value put in "
+        "on the side. Both runs stop at the last position read, and the source run starts at "
+        "the first position where a source token differs from its target's (before it, its "
+        "activations are the target's). Suffix attention rows narrower than 16 keys "
         "are padded with masked keys, because torch's CPU softmax runs a scalar loop below the "
         "AVX-512 width (10x slower per element at 15 keys than at 16).",
         "",

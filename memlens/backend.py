@@ -364,7 +364,7 @@ def logits_at(model: nn.Module, tokens: Tensor, positions: Tensor | list[int]) -
 
 
 _RECORDED = {"hook_resid_pre": "resid", "hook_resid_post": "resid", "attn.hook_k": "keys",
-             "attn.hook_v": "values"}
+             "attn.hook_v": "values", "attn.hook_q": "queries"}
 
 
 def _recorded_as(name: str, n_layers: int) -> tuple[str, int] | None:
@@ -380,19 +380,31 @@ def _recorded_as(name: str, n_layers: int) -> tuple[str, int] | None:
     return kind, int(parts[1]) + (parts[2] == "hook_resid_post")
 
 
+def records_fused(model: nn.Module, names: set[str] | list[str]) -> bool:
+    """Whether :func:`recorded_run` records ``names`` with the fused forward (and so can take
+    a ``prefix``): nothing hooked, and only hooks that :meth:`FastForward.record` returns."""
+    n_layers = model.cfg.n_layers
+    return _fused(model) and all(_recorded_as(name, n_layers) is not None for name in names)
+
+
 def recorded_run(model: nn.Module, tokens: Tensor, names: set[str] | list[str],
                  stop_at_layer: int | None = None, logit_positions: list[int] | None = None,
-                 return_logits: bool = True) -> tuple[Tensor | None, dict[str, Tensor]]:
+                 return_logits: bool = True, prefix: tuple[list[Tensor], list[Tensor]] | None = None
+                 ) -> tuple[Tensor | None, dict[str, Tensor]]:
     """``model.run_with_cache(tokens, names_filter=names, stop_at_layer=...)`` without
     gradients, as ``(output, {name: activation})``; the output is the logits (at
     ``logit_positions`` alone when given; None with ``return_logits=False``), or the residual
     stream entering ``stop_at_layer``.
 
     A model :func:`resume_logits` would run fused, asked only for layers' ``hook_resid_pre``,
-    ``hook_resid_post``, ``attn.hook_k`` and ``attn.hook_v``, is recorded by the fused forward
+    ``hook_resid_post``, ``attn.hook_q``, ``attn.hook_k`` and ``attn.hook_v``, is recorded by the fused forward
     (:meth:`FastForward.record`, equal to float rounding); anything else runs the model's own
     ``run_with_cache``. As there, a run stopped at layer ``l`` fires no hook of layer ``l`` or
     later.
+
+    ``prefix``: keys and values of the ``b`` positions before ``tokens`` for every layer run
+    (:meth:`FastForward.record`); what is returned then covers positions ``b..`` alone. Only
+    where :func:`records_fused` holds; without logit positions.
     """
     from memlens.training.fast_forward import FastForward
 
@@ -404,12 +416,17 @@ def recorded_run(model: nn.Module, tokens: Tensor, names: set[str] | list[str],
     # resid_post is asked for, the whole run is recorded and the logits indexed afterwards.
     partial = index is not None and stop_at_layer is None and any(
         w is not None and w[0] == "resid" and w[1] == n_layers for w in where.values())
+    if prefix is not None and (index is not None or not records_fused(model, names)):
+        raise BackendError("a recorded run with a prefix needs the fused record (backend.records_fused) "
+                           "and no logit positions")
     with torch.no_grad():
         if _fused(model) and None not in where.values():
-            out, resid, keys, values = FastForward(model).record(
-                tokens, stop_at_layer, None if partial else index, logits=return_logits)
+            queries = any(w[0] == "queries" for w in where.values())
+            out, resid, keys, values, qs = FastForward(model).record(
+                tokens, stop_at_layer, None if partial else index, logits=return_logits, queries=queries,
+                prefix=prefix)
             fired = n_layers if stop_at_layer is None else stop_at_layer  # layers run
-            found = {"resid": resid, "keys": keys, "values": values}
+            found = {"resid": resid, "keys": keys, "values": values, "queries": qs}
             acts = {name: found[kind][i] for name, (kind, i) in where.items()
                     if i < fired or (kind == "resid" and i == fired and not name.endswith("resid_pre"))}
             if stop_at_layer is not None:
@@ -426,7 +443,7 @@ def recorded_run(model: nn.Module, tokens: Tensor, names: set[str] | list[str],
 
 def resume_logits(model: nn.Module, resid: Tensor, layer: int, keys: list[Tensor],
                   values: list[Tensor], queries: list[int] | None = None,
-                  known: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                  known: tuple[Tensor, ...] | None = None) -> Tensor:
     """:func:`run_suffix`'s logits at the suffix indices ``queries`` (all by default).
 
     A model with no hook attached and a configuration that
@@ -435,10 +452,10 @@ def resume_logits(model: nn.Module, resid: Tensor, layer: int, keys: list[Tensor
     with its hooks (:func:`run_suffix`) and the logits are indexed afterwards. Positions after
     the last query are not run (a hook there does not fire).
 
-    ``known``: ``layer``'s keys and values at the suffix positions after the first (batch,
-    s-1, heads, d_head), for a ``resid`` that differs from a recorded run at its first position
-    alone; the fused suffix then reuses them (:meth:`FastForward.resume`), the model's own run
-    computes them again.
+    ``known``: ``layer``'s keys and values (and optionally queries) in the recorded run that
+    ``resid`` differs from at its first position alone, at its positions 0.. up to at least the
+    suffix's end (batch, P, heads, d_head); the fused suffix then reuses them
+    (:meth:`FastForward.resume`), the model's own run computes them again.
     """
     from memlens.training.fast_forward import FastForward
 
@@ -447,13 +464,11 @@ def resume_logits(model: nn.Module, resid: Tensor, layer: int, keys: list[Tensor
             raise BackendError(f"queries={list(queries)} are invalid: expected suffix indices >= 0")
         # Causal attention: positions after the last query cannot reach it; none is run.
         resid = resid[:, :max(queries) + 1]
-    if known is not None and min(kv.shape[1] for kv in known) < resid.shape[1] - 1:
+    need = keys[0].shape[1] + resid.shape[1]
+    if known is not None and min(kv.shape[1] for kv in known) < need:
         raise BackendError(f"known keys and values cover {[kv.shape[1] for kv in known]} positions: "
-                           f"expected at least {resid.shape[1] - 1}, the suffix after its first position")
+                           f"expected at least {need}, the recorded run up to the suffix's end")
     if _fused(model):
-        if known is not None:
-            width = resid.shape[1] - 1
-            known = (known[0][:, :width], known[1][:, :width])
         return FastForward(model).resume(resid, layer, keys, values, queries, known)
     logits = run_suffix(model, resid, layer, keys, values)
     return logits if queries is None else logits[:, queries]

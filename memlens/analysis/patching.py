@@ -104,13 +104,16 @@ def patch_grid(model: Model, source: Int[Tensor, "n pos"], target: Int[Tensor, "
     ``source_cache`` (hook name -> activation) skips the source run when given.
     ``target_cache``: a dict that keeps the target run's record (the engine's own run of
     ``target``; its logits under ``"logits"``: at ``logit_positions`` where the model resumes
-    runs, at every position otherwise, e.g. on the 4.x bridge): calls given the
+    runs, otherwise at every position up to the last of them, e.g. on the 4.x bridge): calls given the
     same dict with the same target, hook, layers and logit positions run the target once (e.g.
     two sources patched into one target).
     ``method``: ``"suffix"`` (the engine above) or ``"full"`` (a whole forward per grid point).
+    ``metric`` runs once per grid point that changes some example, and once in all for the
+    grid points that change none (they share the unpatched target's value):
+    ``metric`` should be a function of the logits alone.
     ``logit_positions``: the positions ``metric`` reads; it then receives the logits there
     alone, ``(n, len(logit_positions), vocab)``. The engine then computes nothing a patch
-    cannot pass on to them: no run for a patch after the last of them, and in the last layer
+    cannot pass on to them: no position after the last of them, and in the last layer
     only those positions (with no hook attached, a ``resid_pre`` grid runs the fused suffix of
     :func:`memlens.backend.resume_logits`, equal to float rounding).
 
@@ -142,40 +145,95 @@ def patch_grid(model: Model, source: Int[Tensor, "n pos"], target: Int[Tensor, "
     if method == "full":
         return _full_grid(model, source.to(device), target.to(device), read, hook, layers,
                           positions, components)
-    if source_cache is None:
-        # The source run stops after the last layer it is read at (resid_pre of layer L is
-        # the input to L: no need to run L itself).
-        stop = stop_layer(names, model.cfg.n_layers)
-        out, source_cache = backend.recorded_run(model, source.to(device), names, stop_at_layer=stop,
-                                                 return_logits=False)
-        handed_on = None if stop is None else f"blocks.{stop}.hook_resid_pre"
-        if handed_on in names:  # what the last block run hands on
-            source_cache[handed_on] = out
     resume = backend.can_resume(model)
-    kv_layers = range(min(layers), model.cfg.n_layers)
+    # Causal: nothing at a position after the last read one reaches the logits read, and
+    # activations before it do not depend on later tokens, so both sequences run up to it
+    # alone; a patch after it changes nothing read.
+    horizon = max(reads) + 1 if reads else n_pos
+    source, target = source[:, :horizon], target[:, :horizon]
+    source, target = source.to(device), target.to(device)
+    stop = stop_layer(names, model.cfg.n_layers)  # the source run stops after the last layer read
+    # A source that shares its first tokens with the target shares its activations there: the
+    # target run records the keys and values it starts from (every layer the source runs).
+    shares = resume and source_cache is None and backend.records_fused(model, names)
+    kv_layers = range(0 if shares else min(layers), model.cfg.n_layers)
     wanted = set(names) | {f"blocks.{layer}.hook_resid_pre" for layer in layers}
     if resume:
         wanted |= {f"blocks.{i}.attn.hook_{kv}" for i in kv_layers for kv in "kv"}
+        if hook == "resid_pre":  # a patched layer's own queries after the patch are the target's
+            wanted |= {f"blocks.{layer}.attn.hook_q" for layer in layers}
     if not resume:
-        logits, acts = _target_record(model, target.to(device), wanted, None, target_cache,
+        if source_cache is None:
+            source_cache = _source_run(model, source, names, stop)
+        logits, acts = _target_record(model, target, wanted, None, target_cache,
                                       (hook, tuple(layers), None))
-        results = _patch_whole(model, target.to(device), _TargetRun(logits, acts), hook, layers,
-                               positions, components, source_cache, read, chunk_size)
+        results = _patch_whole(model, target, _TargetRun(logits, acts), hook, layers,
+                               positions, components, source_cache, read, chunk_size,
+                               _Once(lambda: torch.as_tensor(read(logits)).detach().cpu()))
         return _stack(results, layers, positions, components)
     # The suffix engine reads the target's logits at the read positions only.
-    target_read, acts = _target_record(model, target.to(device), wanted, reads, target_cache,
-                                       (hook, tuple(layers), None if reads is None else tuple(reads)))
+    target_read, acts = _target_record(model, target, wanted, reads, target_cache,
+                                       (hook, tuple(layers), None if reads is None else tuple(reads),
+                                        shares))
+    if source_cache is None:
+        source_cache = _source_run(model, source, names, stop, acts if shares else None, target)
     target_run = _TargetRun(target_read, acts)
     results: dict[tuple, Tensor] = {}
     reads = list(range(n_pos)) if reads is None else reads
+    unpatched = _Once(lambda: torch.as_tensor(metric(target_read)).detach().cpu())
+    inside = [pos for pos in positions if pos < horizon]
     for layer in layers:
         name = hook_name(hook, layer)
+        differs = _differs(source_cache[name], target_run.acts[name], inside, components)
         for pos in positions:
-            changed = _changed_examples(source_cache[name], target_run.acts[name], pos, components)
-            values = _patch_suffix(model, target_run, hook, layer, pos, components, changed,
-                                   source_cache[name], metric, chunk_size, reads, target_read)
+            if pos >= horizon:
+                values = [unpatched() for _ in components]
+            else:
+                values = _patch_suffix(model, target_run, hook, layer, pos, components, differs(pos),
+                                       source_cache[name], metric, chunk_size, reads, target_read,
+                                       unpatched)
             results.update(((layer, pos, c), v) for c, v in zip(components, values))
     return _stack(results, layers, positions, components)
+
+def _source_run(model, source: Tensor, names: list[str], stop: int | None,
+                target_acts: dict[str, Tensor] | None = None, target: Tensor | None = None
+                ) -> dict[str, Tensor]:
+    """The source run's activations ``names``, stopped at layer ``stop`` (resid_pre of layer L
+    is the input to L: no need to run L itself). With the target's recorded run
+    (``target_acts``: every layer's keys and values and ``names``), positions before the first
+    token where any source differs from its target are the target's, and the run starts there."""
+    start = 0
+    if target_acts is not None:
+        differs = (source != target).any(0).nonzero()
+        start = int(differs[0]) if len(differs) else source.shape[1]
+    if start == source.shape[1]:  # the same sequences
+        return {name: target_acts[name] for name in names}
+    prefix = None
+    if start:
+        layers = range(model.cfg.n_layers if stop is None else stop)
+        prefix = ([target_acts[f"blocks.{i}.attn.hook_k"][:, :start] for i in layers],
+                  [target_acts[f"blocks.{i}.attn.hook_v"][:, :start] for i in layers])
+    out, acts = backend.recorded_run(model, source[:, start:], names, stop_at_layer=stop,
+                                     return_logits=False, prefix=prefix)
+    handed_on = None if stop is None else f"blocks.{stop}.hook_resid_pre"
+    if handed_on in names:  # what the last block run hands on
+        acts[handed_on] = out
+    if start:
+        acts = {name: torch.cat([target_acts[name][:, :start], act], 1) for name, act in acts.items()}
+    return acts
+
+
+class _Once:
+    """A value computed on first use: the metric of the unpatched target, which every grid
+    point that changes no example shares."""
+
+    def __init__(self, compute: Callable[[], Tensor]):
+        self.compute, self.value = compute, None
+
+    def __call__(self) -> Tensor:
+        if self.value is None:
+            self.value = self.compute()
+        return self.value
 
 
 def _target_record(model, target: Tensor, wanted: set[str], reads: list[int] | None, cache: dict | None,
@@ -235,6 +293,18 @@ class _TargetRun:
                 [self.acts[f"blocks.{i}.attn.hook_v"][examples, :pos] for i in layers])
 
 
+def _differs(src: Tensor, tgt: Tensor, positions: list[int], components: list
+             ) -> Callable[[int], list[Tensor]]:
+    """``_changed_examples`` at each of ``positions``; for whole activations, compared at all of
+    them in one pass."""
+    if components != [None] or len(positions) < 2:
+        return lambda pos: _changed_examples(src, tgt, pos, components)
+    index = torch.tensor(positions, device=src.device)
+    diff = (src[:, index] != tgt[:, index]).flatten(2).any(2)  # (n, len(positions))
+    column = {pos: j for j, pos in enumerate(positions)}
+    return lambda pos: [diff[:, column[pos]].nonzero()[:, 0]]
+
+
 def _changed_examples(src: Tensor, tgt: Tensor, pos: int, components: list) -> list[Tensor]:
     """Per component, the indices of the examples whose source activation differs from the
     target's at ``pos`` (a patch leaves the others' run exactly as it was)."""
@@ -248,9 +318,11 @@ def _changed_examples(src: Tensor, tgt: Tensor, pos: int, components: list) -> l
 @torch.no_grad()
 def _patch_suffix(model, target_run: _TargetRun, kind: str, layer: int, pos: int,
                   components: list, changed: list[Tensor], src: Tensor, metric,
-                  chunk_size: int, reads: list[int], target_read: Tensor) -> list[Tensor]:
+                  chunk_size: int, reads: list[int], target_read: Tensor,
+                  unpatched: Callable[[], Tensor]) -> list[Tensor]:
     """``metric`` of the patched run for each component at (layer, pos). ``reads``: the
-    positions whose logits ``metric`` sees (``target_read``: the target run's there)."""
+    positions whose logits ``metric`` sees (``target_read``: the target run's there;
+    ``unpatched()``: its metric, for a component that changes no example)."""
     # Only the read positions from ``pos`` on can change; none: the patch changes nothing read.
     cols = [j for j, q in enumerate(reads) if q >= pos]
     if not cols:
@@ -268,11 +340,12 @@ def _patch_suffix(model, target_run: _TargetRun, kind: str, layer: int, pos: int
     values, offset = [], 0
     col_index = torch.tensor(cols, device=target_read.device)
     for idx in changed:
-        logits = target_read
-        if len(idx):
-            logits = logits.clone()
-            logits[idx[:, None], col_index] = suffix[offset:offset + len(idx)]
-            offset += len(idx)
+        if not len(idx):
+            values.append(unpatched())
+            continue
+        logits = target_read.clone()
+        logits[idx[:, None], col_index] = suffix[offset:offset + len(idx)]
+        offset += len(idx)
         values.append(torch.as_tensor(metric(logits)).detach().cpu())
     return values
 
@@ -296,9 +369,9 @@ def _suffix_forward(model, target_run: _TargetRun, kind: str, layer: int, pos: i
         resid = entering[take, pos:].clone()
         resid[:, 0] = patch_value.to(resid.dtype)
         keys, values = target_run.prefix_kv(model, layer, pos, take)
-        # Layer ``layer``'s keys and values after ``pos`` are the target's: its input is
-        # unchanged there.
-        known = tuple(target_run.acts[f"blocks.{layer}.attn.hook_{kv}"][take, pos + 1:] for kv in "kv")
+        # Layer ``layer``'s keys, values and queries but at ``pos`` are the target's: its input
+        # is unchanged there.
+        known = tuple(target_run.acts[f"blocks.{layer}.attn.hook_{kv}"][take] for kv in "kvq")
         return backend.resume_logits(model, resid, layer, keys, values, queries, known)
     resid = target_run.acts[f"blocks.{layer}.hook_resid_pre"][examples, pos:]
     keys, values = target_run.prefix_kv(model, layer, pos, examples)
@@ -317,13 +390,14 @@ def _suffix_forward(model, target_run: _TargetRun, kind: str, layer: int, pos: i
 @torch.no_grad()
 def _patch_whole(model, target: Tensor, target_run: _TargetRun, kind: str, layers: list[int],
                  positions: list[int], components: list, source_cache: dict[str, Tensor], metric,
-                 chunk_size: int) -> dict[tuple, Tensor]:
+                 chunk_size: int, unpatched: Callable[[], Tensor]) -> dict[tuple, Tensor]:
     """The grid for models that cannot resume with a key-value cache (the bridge).
 
     Every (grid point, changed example) is one row. Per layer, the rows of all its positions and
     components share chunked forward passes of whole sequences from that layer, and the hook
     there patches each row at its own position and component. Unchanged examples reuse the
-    target logits, as in the suffix path."""
+    target logits, as in the suffix path, and share its metric (``unpatched``); so do the
+    positions after the (already truncated) target's last."""
     device = target.device
     # Whole sequences are costlier rows than suffixes: at 4096 rows a chunk ran 1.6x slower per
     # row than at 128-512 on 2 CPU cores (cache misses), so chunks stay at most 512 rows here.
@@ -333,6 +407,8 @@ def _patch_whole(model, target: Tensor, target_run: _TargetRun, kind: str, layer
         name = hook_name(kind, layer)
         rows = []  # (pos, component index, example)
         for pos in positions:
+            if pos >= target.shape[1]:
+                continue
             changed = _changed_examples(source_cache[name], target_run.acts[name], pos, components)
             rows += [(pos, j, ex) for j, idx in enumerate(changed) for ex in idx.tolist()]
         grid = torch.tensor(rows, device=device, dtype=torch.long).reshape(-1, 3)
@@ -346,10 +422,11 @@ def _patch_whole(model, target: Tensor, target_run: _TargetRun, kind: str, layer
         for pos in positions:
             for j, comp in enumerate(components):
                 mine = ((grid[:, 0] == pos) & (grid[:, 1] == j)).nonzero()[:, 0]
-                logits = target_run.logits
-                if len(mine):
-                    logits = logits.clone()
-                    logits[grid[mine, 2]] = all_logits[mine]
+                if not len(mine):
+                    results[(layer, pos, comp)] = unpatched()
+                    continue
+                logits = target_run.logits.clone()
+                logits[grid[mine, 2]] = all_logits[mine]
                 results[(layer, pos, comp)] = torch.as_tensor(metric(logits)).detach().cpu()
     return results
 

@@ -76,21 +76,22 @@ class ResumedRuns:
         self.slots = [j for j, pos in enumerate(self.answer_pos) if pos >= position]
         self.queries = [self.answer_pos[j] - position for j in self.slots]
         self.fast = resume and self.site == pre and backend.can_resume(model)
-        self.chunks: list[tuple[Tensor, Tensor, list[Tensor], list[Tensor], tuple[Tensor, Tensor]]] = []
+        self.chunks: list[tuple[Tensor, Tensor, list[Tensor], list[Tensor], tuple[Tensor, ...]]] = []
         if not self.fast:
             return
         device = model_device(model)
         layers = range(layer, model.cfg.n_layers)
-        names = [self.site] + [f"blocks.{i}.attn.hook_{kv}" for i in layers for kv in "kv"]
+        names = [self.site] + [f"blocks.{i}.attn.hook_{kv}" for i in layers for kv in "kv"] \
+            + [f"blocks.{layer}.attn.hook_q"]
         for start in range(0, len(tokens), batch):
             logits, acts = backend.recorded_run(model, tokens[start:start + batch].to(device), names,
                                                 logit_positions=self.answer_pos)
             self.chunks.append((logits, acts[self.site],
                                 [acts[f"blocks.{i}.attn.hook_k"][:, :position] for i in layers],
                                 [acts[f"blocks.{i}.attn.hook_v"][:, :position] for i in layers],
-                                # The layer's own keys and values after the site, for edits of
-                                # the site's position alone (backend.resume_logits' ``known``).
-                                tuple(acts[f"blocks.{layer}.attn.hook_{kv}"][:, position + 1:] for kv in "kv")))
+                                # The layer's own keys, values and queries, for edits of the
+                                # site's position alone (backend.resume_logits' ``known``).
+                                tuple(acts[f"blocks.{layer}.attn.hook_{kv}"] for kv in "kvq")))
 
     @torch.no_grad()
     def logits(self, edit: SiteEdit | None = None, hooks: HooksFor | None = None) -> Tensor:
@@ -99,7 +100,7 @@ class ResumedRuns:
         if not self.fast:
             return self._whole(edit, hooks)
         out = []
-        for i, (clean, resid, keys, values, after) in enumerate(self.chunks):
+        for i, (clean, resid, keys, values, recorded) in enumerate(self.chunks):
             rows = slice(i * self.batch, i * self.batch + len(clean))
             logits = clean
             if (edit is not None or hooks is not None) and self.slots:
@@ -112,9 +113,9 @@ class ResumedRuns:
                     edited = edit(changed, None)
                     suffix = (changed if edited is None else edited)[:, self.position:]
                     # An edit of the site's position alone leaves the layer's keys and values
-                    # after it as recorded: the fused suffix reuses them.
+                    # elsewhere as recorded: the fused suffix reuses them.
                     if torch.equal(suffix[:, 1:], resid[:, self.position + 1:]):
-                        known = after
+                        known = recorded
                 logits = clean.clone()
                 with self.model.hooks(fwd_hooks=[] if hooks is None else hooks(rows, self.position)):
                     logits[:, self.slots] = backend.resume_logits(self.model, suffix, self.layer, keys, values,

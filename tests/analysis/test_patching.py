@@ -125,14 +125,67 @@ def test_logit_positions_equal_transformer_lens(near_pair, kind, tl_fn, hooked):
         got = patch_grid(model, clean.tokens, corrupted, per_example, hook=kind, chunk_size=8,
                          logit_positions=answer)
         # The engine's unpatched run, recorded as it records it (fused only with no hook
-        # attached and a resid_pre grid).
-        base = per_example(backend.recorded_run(model, corrupted, {hook_name(kind, 0)},
-                                                logit_positions=answer)[0])
+        # attached and a resid_pre grid; up to the last position read: nothing after it can
+        # reach the logits read).
+        base = per_example(backend.recorded_run(model, corrupted[:, :max(answer) + 1],
+                                                {hook_name(kind, 0)}, logit_positions=answer)[0])
     assert got.shape == want.shape and bool(seen) == hooked
     torch.testing.assert_close(got, want.cpu(), atol=1e-5, rtol=0)
     # After the last position read, a patch cannot reach the metric: exactly the unpatched value.
     last = got[:, -1].flatten()
     assert torch.equal(last, base.expand(len(last)))
+
+
+def test_metric_runs_once_for_all_grid_points_that_change_nothing(near_pair):
+    """The metric runs once per grid point whose patch changes some example before the last
+    position read, and once in all for the others (they share the unpatched value): counted
+    from the tokens, since a resid_pre patch at layer 0 changes what the token there changes
+    and at a later layer what any token up to there changes."""
+    model, clean, corrupted = near_pair
+    answer = clean.answer_pos.tolist()
+    calls = []
+
+    def metric(logits):
+        calls.append(1)
+        return logits.log_softmax(-1).gather(-1, clean.labels[..., None]).mean()
+
+    got = patch_grid(model, clean.tokens, corrupted, metric, logit_positions=answer)
+    differs = clean.tokens != corrupted
+    upto = differs.cummax(1).values  # any token up to the position differs
+    n_layers, n_pos = got.shape
+    changing = sum(bool((differs if layer == 0 else upto)[:, pos].any())
+                   for layer in range(n_layers) for pos in range(max(answer) + 1))
+    assert 0 < changing < n_layers * n_pos
+    assert len(calls) == changing + 1
+    with torch.no_grad():
+        unpatched = metric(model(corrupted)[:, answer])
+    quiet = ~torch.tensor([[bool((differs if layer == 0 else upto)[:, pos].any()) and pos <= max(answer)
+                            for pos in range(n_pos)] for layer in range(n_layers)])
+    torch.testing.assert_close(got[quiet], unpatched.expand(int(quiet.sum())), atol=1e-5, rtol=0)
+
+
+def test_source_run_starts_where_it_first_differs_from_the_target(near_pair, monkeypatch):
+    """The source run starts at the first position where any source token differs from its
+    target's (before it, its activations are the target's), and stops after the last position
+    read; the grid equals TransformerLens' loop."""
+    model, clean, corrupted = near_pair
+    if not backend.can_resume(model):
+        pytest.skip("the suffix engine resumes HookedTransformer runs only (docs/backends.md)")
+    answer = clean.answer_pos.tolist()
+    first = int((clean.tokens != corrupted).any(0).nonzero()[0])
+    assert 0 < first < max(answer)
+    widths = []
+    recorded_run = backend.recorded_run
+    monkeypatch.setattr(backend, "recorded_run",
+                        lambda model, tokens, *a, **k: widths.append(tokens.shape[1]) or recorded_run(model, tokens, *a, **k))
+    metric = lambda logits: logits.log_softmax(-1).gather(-1, clean.labels[..., None]).mean()  # noqa: E731
+    got = patch_grid(model, corrupted, clean.tokens, metric, logit_positions=answer)
+    assert widths == [max(answer) + 1, max(answer) + 1 - first]  # the target, then the source
+    _, cache = model.run_with_cache(corrupted)
+    with torch.no_grad():
+        want = tl_patching.get_act_patch_resid_pre(model, clean.tokens, cache,
+                                                   lambda logits: metric(logits[:, answer]))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
 def test_logit_positions_out_of_range(pair):
@@ -227,8 +280,9 @@ def test_target_cache_runs_the_target_once(fda_tiny, monkeypatch):
     cache: dict = {}
     got = [grid(src, target.tokens, target_cache=cache) for src in sources]
     assert len(calls) == 3  # two source runs, one target run
-    # At the read positions on the suffix engine; whole logits where the model cannot resume.
-    width = len(answer) if backend.can_resume(model) else target.tokens.shape[1]
+    # At the read positions on the suffix engine; where the model cannot resume, at every
+    # position up to the last read (nothing after it reaches them).
+    width = len(answer) if backend.can_resume(model) else max(answer) + 1
     assert cache["logits"].shape == (len(target), width, model.cfg.d_vocab_out)
     got.append(grid(sources[0], other.tokens, target_cache=cache))
     assert len(calls) == 5  # a new target is run again

@@ -132,11 +132,11 @@ def test_resumed_suffix_equals_the_full_run(task_and_tokens, fused):
 
 
 def test_known_keys_after_a_first_position_patch_give_the_same_logits(task_and_tokens, monkeypatch):
-    """A residual stream patched at its first suffix position alone: reusing the recorded
-    keys and values of the later positions (``known``) gives the logits of the run that
-    computes them, with any queries (the first position among them or not, in any order,
-    repeated, counted from the end), with either attention kernel, attention rows padded for
-    the softmax or not."""
+    """A residual stream patched at its first suffix position alone: reusing the layer's
+    recorded keys and values (and queries; ``known``, the whole recorded run, the patched
+    position's entries stale) gives the logits of the run that computes them, with any queries
+    (the first position among them or not, in any order, repeated, counted from the end), with
+    either attention kernel, attention rows padded for the softmax or not."""
     from memlens import backend
     from memlens.training import fast_forward
 
@@ -157,7 +157,8 @@ def test_known_keys_after_a_first_position_patch_give_the_same_logits(task_and_t
                 values = [cache[f"blocks.{i}.attn.hook_v"][:, :p] for i in range(layer, 2)]
                 resid = cache[f"blocks.{layer}.hook_resid_pre"][:, p:].clone()
                 resid[:, 0] = resid[:, 0].roll(1, 0)  # another example's activation: a real patch
-                known = tuple(cache[f"blocks.{layer}.attn.hook_{kv}"][:, p + 1:] for kv in "kv")
+                known = tuple(cache[f"blocks.{layer}.attn.hook_{kv}"] for kv in "kv")
+                with_queries = known + (cache[f"blocks.{layer}.attn.hook_q"],)
                 suffix = n_pos - p
                 whole = model(resid, start_at_layer=layer, return_type="logits") if p == 0 else \
                     backend.run_suffix(model, resid, layer, keys, values)
@@ -166,27 +167,43 @@ def test_known_keys_after_a_first_position_patch_give_the_same_logits(task_and_t
                     want = whole if queries is None else whole[:, queries]
                     got = fast.resume(resid, layer, keys, values, queries, known)
                     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+                    torch.testing.assert_close(fast.resume(resid, layer, keys, values, queries, with_queries),
+                                               want, atol=1e-5, rtol=1e-5)
                     torch.testing.assert_close(fast.resume(resid, layer, keys, values, queries), want,
                                                atol=1e-5, rtol=1e-5)
-                    if queries != [-1]:  # trims ``known`` with the suffix it runs
-                        torch.testing.assert_close(
-                            backend.resume_logits(model, resid, layer, keys, values, queries, known),
-                            want, atol=1e-5, rtol=1e-5)
+                    if queries != [-1]:  # runs the suffix up to the last query
+                        for given in (known, with_queries):
+                            torch.testing.assert_close(
+                                backend.resume_logits(model, resid, layer, keys, values, queries, given),
+                                want, atol=1e-5, rtol=1e-5)
     # ``known`` from the unpatched run is what makes it right: other keys change the logits.
     resid, keys, values, known = (cache["blocks.1.hook_resid_pre"][:, 3:], [cache["blocks.1.attn.hook_k"][:, :3]],
                                   [cache["blocks.1.attn.hook_v"][:, :3]],
-                                  tuple(cache[f"blocks.1.attn.hook_{kv}"][:, 4:] for kv in "kv"))
+                                  tuple(cache[f"blocks.1.attn.hook_{kv}"] for kv in "kv"))
     assert fast.resume(resid, 1, keys, values, [], known).shape == (len(resid), 0, model.W_U.shape[1])
-    wrong = (known[0] + 1, known[1])
+    n, width = resid.shape[:2]
+    wrong = (known[0] + torch.arange(n_pos)[:, None, None] * (torch.arange(n_pos) > 3)[:, None, None], known[1])
     assert not torch.allclose(fast.resume(resid, 1, keys, values, None, wrong),
                               fast.resume(resid, 1, keys, values, None, known), atol=1e-3)
-    n, width = resid.shape[:2]
+    # Given queries are the ones used: others change the logits at the later positions.
+    queries = cache["blocks.1.attn.hook_q"]
+    assert not torch.allclose(fast.resume(resid, 1, keys, values, [1, 2], known + (queries + 1,)),
+                              fast.resume(resid, 1, keys, values, [1, 2], known + (queries,)), atol=1e-3)
+    with pytest.raises(ValueError, match="known holds 1 tensors"):
+        fast.resume(resid, 1, keys, values, None, known[:1])
+    with pytest.raises(ValueError, match=rf"known queries have \(batch, positions\) \({n}, {n_pos - 1}\): "
+                                         rf"expected \({n}, at least {n_pos}\)"):
+        fast.resume(resid, 1, keys, values, None, known + (queries[:, :-1],))
+    # The stale entries at the patched position itself are not read.
+    stale = tuple(kv.clone().index_fill_(1, torch.tensor([3]), 7.0) for kv in known + (queries,))
+    torch.testing.assert_close(fast.resume(resid, 1, keys, values, [0, 2], stale),
+                               fast.resume(resid, 1, keys, values, [0, 2]), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match=rf"known values have \(batch, positions\) \({n}, 0\): "
-                                         rf"expected \({n}, {width - 1}\)"):
+                                         rf"expected \({n}, at least {n_pos}\)"):
         fast.resume(resid, 1, keys, values, None, (known[0], known[1][:, :0]))
     with pytest.raises(ValueError, match=rf"queries=\[{width}\] are out of range for a suffix of {width}"):
         fast.resume(resid, 1, keys, values, [width], known)
-    with pytest.raises(backend.BackendError, match=rf"known keys and values cover \[{width - 1}, 0\] positions"):
+    with pytest.raises(backend.BackendError, match=rf"known keys and values cover \[{n_pos}, 0\] positions"):
         backend.resume_logits(model, resid, 1, keys, values, None, (known[0], known[1][:, :0]))
 
 
@@ -207,15 +224,17 @@ def test_logits_at_uses_the_fused_forward_only_without_hooks(task_and_tokens):
 
 
 def test_recorded_run_equals_run_with_cache(task_and_tokens):
-    """The fused record gives run_with_cache's resid_pre, keys, values and logits (whole, at
-    chosen positions, and stopped at a layer); with a hook attached, or a hook name it does not
-    record, the model itself runs."""
+    """The fused record gives run_with_cache's resid_pre, queries, keys, values and logits
+    (whole, at chosen positions, and stopped at a layer; the last layer's queries at every
+    position also when its output is computed at chosen positions alone); with a hook attached,
+    or a hook name it does not record, the model itself runs."""
     from memlens import backend
 
     task, tokens = task_and_tokens
     model = build_model(ModelConfig(n_layers=3, d_model=32, n_heads=4), task, seed=8)
     names = {"blocks.0.hook_resid_pre", "blocks.2.hook_resid_pre", "blocks.1.attn.hook_k",
-             "blocks.2.attn.hook_v", "blocks.0.hook_resid_post", "blocks.2.hook_resid_post"}
+             "blocks.2.attn.hook_v", "blocks.0.hook_resid_post", "blocks.2.hook_resid_post",
+             "blocks.0.attn.hook_q", "blocks.2.attn.hook_q"}
     with torch.no_grad():
         full, cache = model.run_with_cache(tokens)
         stopped = model(tokens, stop_at_layer=2)
@@ -228,7 +247,8 @@ def test_recorded_run_equals_run_with_cache(task_and_tokens):
         torch.testing.assert_close(logits, full if at is None else full[:, at], atol=1e-5, rtol=1e-5)
     # Stopped at layer 2: its resid_pre is what the run returns, not a fired hook.
     out, acts = backend.recorded_run(model, tokens, names, stop_at_layer=2)
-    assert set(acts) == {"blocks.0.hook_resid_pre", "blocks.1.attn.hook_k", "blocks.0.hook_resid_post"}
+    assert set(acts) == {"blocks.0.hook_resid_pre", "blocks.1.attn.hook_k", "blocks.0.hook_resid_post",
+                         "blocks.0.attn.hook_q"}
     torch.testing.assert_close(out, stopped, atol=1e-5, rtol=1e-5)
     # Not recordable (an MLP hook), or a hook attached: TransformerLens' own run, same values.
     out, acts = backend.recorded_run(model, tokens, {"blocks.1.mlp.hook_post"}, logit_positions=positions)
@@ -241,6 +261,40 @@ def test_recorded_run_equals_run_with_cache(task_and_tokens):
     torch.testing.assert_close(hooked, want)
     torch.testing.assert_close(acts["blocks.2.hook_resid_pre"], want_cache["blocks.2.hook_resid_pre"])
     assert not torch.allclose(hooked, full)
+
+
+def test_recorded_run_after_a_prefix_equals_the_whole_run(task_and_tokens):
+    """Given the keys and values of the first ``b`` positions, the record of the remaining
+    tokens is the whole run's at positions ``b..`` (residual streams, keys, values, logits;
+    stopped at a layer too); a hooked model or logit positions are refused by name."""
+    from memlens import backend
+
+    task, tokens = task_and_tokens
+    model = build_model(ModelConfig(n_layers=3, d_model=32, n_heads=4), task, seed=9)
+    names = {f"blocks.{i}.{h}" for i in range(3) for h in ("hook_resid_pre", "attn.hook_k", "attn.hook_v")}
+    if not backend.records_fused(model, names):
+        pytest.skip("the fused record stands in for HookedTransformer runs only (docs/backends.md)")
+    with torch.no_grad():
+        full, cache = model.run_with_cache(tokens)
+    for b in (1, 4, tokens.shape[1] - 1):
+        prefix = ([cache[f"blocks.{i}.attn.hook_k"][:, :b] for i in range(3)],
+                  [cache[f"blocks.{i}.attn.hook_v"][:, :b] for i in range(3)])
+        logits, acts = backend.recorded_run(model, tokens[:, b:], names, prefix=prefix)
+        torch.testing.assert_close(logits, full[:, b:], atol=1e-5, rtol=1e-5)
+        for name in names:
+            torch.testing.assert_close(acts[name], cache[name][:, b:], atol=1e-5, rtol=1e-5)
+        out, acts = backend.recorded_run(model, tokens[:, b:], {"blocks.1.hook_resid_pre"}, stop_at_layer=2,
+                                         return_logits=False, prefix=prefix)
+        torch.testing.assert_close(out, cache["blocks.2.hook_resid_pre"][:, b:], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(acts["blocks.1.hook_resid_pre"], cache["blocks.1.hook_resid_pre"][:, b:],
+                                   atol=1e-5, rtol=1e-5)
+    with pytest.raises(backend.BackendError, match="prefix needs the fused record"):
+        backend.recorded_run(model, tokens[:, b:], names, logit_positions=[0], prefix=prefix)
+    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda act, hook: act)]):
+        with pytest.raises(backend.BackendError, match="prefix needs the fused record"):
+            backend.recorded_run(model, tokens[:, b:], names, prefix=prefix)
+    with pytest.raises(ValueError, match="prefix holds keys and values of 1 and 1 layers: expected 3"):
+        FastForward(model).record(tokens[:, b:], prefix=([prefix[0][0]], [prefix[1][0]]))
 
 
 def test_cached_activations_stop_early_and_equal_run_with_cache(task_and_tokens):
