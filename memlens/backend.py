@@ -356,7 +356,7 @@ def logits_at(model: nn.Module, tokens: Tensor, positions: Tensor | list[int]) -
     """
     from memlens.training.fast_forward import FastForward
 
-    index = torch.as_tensor(positions, device=tokens.device)
+    index = torch.as_tensor(positions, dtype=torch.long, device=tokens.device)
     with torch.no_grad():
         if _fused(model):
             return FastForward(model)(tokens, positions=index)
@@ -410,7 +410,7 @@ def recorded_run(model: nn.Module, tokens: Tensor, names: set[str] | list[str],
 
     names = set(names)
     n_layers = model.cfg.n_layers
-    index = None if logit_positions is None else torch.as_tensor(logit_positions, device=tokens.device)
+    index = None if logit_positions is None else torch.as_tensor(logit_positions, dtype=torch.long, device=tokens.device)
     where = {name: _recorded_as(name, n_layers) for name in names}
     # With logit positions the last layer's output would exist at those alone: when its
     # resid_post is asked for, the whole run is recorded and the logits indexed afterwards.

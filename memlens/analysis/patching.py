@@ -108,9 +108,12 @@ def patch_grid(model: Model, source: Int[Tensor, "n pos"], target: Int[Tensor, "
     same dict with the same target, hook, layers and logit positions run the target once (e.g.
     two sources patched into one target).
     ``method``: ``"suffix"`` (the engine above) or ``"full"`` (a whole forward per grid point).
-    ``metric`` runs once per grid point that changes some example, and once in all for the
-    grid points that change none (they share the unpatched target's value):
-    ``metric`` should be a function of the logits alone.
+    Except with ``method="full"``, ``metric`` runs once per grid point that changes some
+    example, and once in all for the grid points that change none (they share the unpatched
+    target's value): it should be a function of the logits alone. With ``logit_positions``,
+    both runs stop at the last position read, and suffix runs count positions from the patched
+    one: a hook the caller attaches sees those shorter runs (one that reads positions from the
+    end needs ``method="full"``).
     ``logit_positions``: the positions ``metric`` reads; it then receives the logits there
     alone, ``(n, len(logit_positions), vocab)``. The engine then computes nothing a patch
     cannot pass on to them: no position after the last of them, and in the last layer
@@ -136,6 +139,9 @@ def patch_grid(model: Model, source: Int[Tensor, "n pos"], target: Int[Tensor, "
     if target_cache is not None and not isinstance(target_cache, dict):
         raise AnalysisError(f"target_cache={type(target_cache).__name__} is invalid: expected a dict")
     reads = None if logit_positions is None else check_positions(n_pos, list(logit_positions))
+    if reads == []:
+        raise AnalysisError("logit_positions=[] reads no position: give the positions the metric "
+                            "reads, or None for all")
     if reads is not None:
         read = lambda logits: metric(logits[:, reads])  # noqa: E731
     else:
@@ -246,7 +252,8 @@ def _target_record(model, target: Tensor, wanted: set[str], reads: list[int] | N
     logits, acts = backend.recorded_run(model, target, wanted, logit_positions=reads)
     if cache is not None:
         cache.clear()
-        cache.update(key=key, tokens=target, logits=logits, acts=acts)
+        # A copy: a caller that refills its token buffer in place must not find this record.
+        cache.update(key=key, tokens=target.clone(), logits=logits, acts=acts)
     return logits, acts
 
 

@@ -249,9 +249,10 @@ class FastForward(nn.Module):
         """One transformer block; with ``queries`` (positions), its output at those alone;
         with ``prefix`` (keys, values of earlier positions), ``x`` is the suffix after them;
         ``kv_out`` receives this block's keys and values (batch, pos, heads, d_head), and its
-        queries at every position with ``record_queries``; ``known``: keys and values (and
-        queries) of ``x[:, 1:]`` (:meth:`resume`), with ``query_list``, ``queries`` on the host
-        (none: every position)."""
+        queries at every position with ``record_queries``; ``known``: the keys and values (and
+        queries) of the recorded run that ``x`` differs from at its first position alone, at
+        its positions 0.. (:meth:`resume`); ``query_list``: ``queries`` on the host (none:
+        every position)."""
         cfg = self.model.cfg
         n, pos, _ = x.shape
         heads, d_head = cfg.n_heads, cfg.d_head

@@ -193,6 +193,8 @@ def test_logit_positions_out_of_range(pair):
     with pytest.raises(AnalysisError, match="99"):
         patch_grid(model, clean.tokens, corrupted.tokens, lambda logits: logits.sum(),
                    logit_positions=[0, 99])
+    with pytest.raises(AnalysisError, match=r"logit_positions=\[\] reads no position"):
+        patch_grid(model, clean.tokens, corrupted.tokens, lambda logits: logits.sum(), logit_positions=[])
 
 
 def test_neurons_equal_one_hook_per_grid_point(near_pair):
@@ -291,3 +293,29 @@ def test_target_cache_runs_the_target_once(fda_tiny, monkeypatch):
     # The runtime type check (jaxtyping, on in the test suite) or the function's own check.
     with pytest.raises((AnalysisError, TypeCheckError), match="target_cache"):
         grid(sources[0], target.tokens, target_cache=[])
+    # A token buffer refilled in place is a new target, not the cached one.
+    buffer, cache = target.tokens.clone(), {}
+    grid(sources[0], buffer, target_cache=cache)
+    buffer.copy_(other.tokens)
+    assert torch.equal(grid(sources[0], buffer, target_cache=cache), want[2])
+
+
+def test_target_cache_keeps_what_a_call_without_source_cache_needs(fda_tiny):
+    """A target recorded for a call given the source's activations holds the patched layers'
+    keys and values alone; a later call that runs the source itself (from the target's first
+    layers' keys and values) records the target again instead of reading a partial record."""
+    task, model, data = fda_tiny
+    target, source = data.test[:16], data.test[16:32].tokens.clone()
+    source[:, :2] = target.tokens[:, :2]  # the source run starts after a shared prefix
+    answer = target.answer_pos.tolist()
+    metric = lambda logits: logits.log_softmax(-1)[..., 0].mean()  # noqa: E731
+    last = model.cfg.n_layers - 1
+    _, source_cache = backend.recorded_run(model, source, [f"blocks.{last}.hook_resid_pre"])
+    cache: dict = {}
+    first = patch_grid(model, source, target.tokens, metric, layers=[last], logit_positions=answer,
+                       source_cache=source_cache, target_cache=cache)
+    second = patch_grid(model, source, target.tokens, metric, layers=[last], logit_positions=answer,
+                        target_cache=cache)
+    torch.testing.assert_close(second, first, atol=1e-5, rtol=0)
+    torch.testing.assert_close(second, patch_grid(model, source, target.tokens, metric, layers=[last],
+                                                  logit_positions=answer, method="full"), atol=1e-5, rtol=0)

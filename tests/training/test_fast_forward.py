@@ -148,6 +148,7 @@ def test_known_keys_after_a_first_position_patch_give_the_same_logits(task_and_t
     _, cache = model.run_with_cache(tokens)
     n_pos = tokens.shape[1]
     assert n_pos < fast_forward.SOFTMAX_FAST_WIDTH  # so that the padded rows are exercised
+    fast_width = fast_forward.SOFTMAX_FAST_WIDTH
     for fused, pad_width in ((False, fast_forward.SOFTMAX_FAST_WIDTH), (False, 0), (True, 0)):
         fast.fused_attention = fused
         monkeypatch.setattr(fast_forward, "SOFTMAX_FAST_WIDTH", pad_width)
@@ -176,6 +177,9 @@ def test_known_keys_after_a_first_position_patch_give_the_same_logits(task_and_t
                             torch.testing.assert_close(
                                 backend.resume_logits(model, resid, layer, keys, values, queries, given),
                                 want, atol=1e-5, rtol=1e-5)
+    # The checks below run the CPU kernel, rows padded as by default.
+    fast.fused_attention = False
+    monkeypatch.setattr(fast_forward, "SOFTMAX_FAST_WIDTH", fast_width)
     # ``known`` from the unpatched run is what makes it right: other keys change the logits.
     resid, keys, values, known = (cache["blocks.1.hook_resid_pre"][:, 3:], [cache["blocks.1.attn.hook_k"][:, :3]],
                                   [cache["blocks.1.attn.hook_v"][:, :3]],
@@ -205,6 +209,35 @@ def test_known_keys_after_a_first_position_patch_give_the_same_logits(task_and_t
         fast.resume(resid, 1, keys, values, [width], known)
     with pytest.raises(backend.BackendError, match=rf"known keys and values cover \[{n_pos}, 0\] positions"):
         backend.resume_logits(model, resid, 1, keys, values, None, (known[0], known[1][:, :0]))
+
+
+def test_known_keys_of_runs_longer_than_the_softmax_width(monkeypatch):
+    """Runs of 22 positions: a patched suffix whose keys fit in the softmax's fast width reads
+    the recorded keys up to it (past the suffix's end, masked), a longer one exactly its own;
+    both give the run that computes everything."""
+    from memlens import backend
+
+    task = make_task("fda", preset="tiny", n_digits=6)
+    tokens = task.generate(0).train.tokens[:32]
+    model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=4), task, seed=3)
+    if not backend.can_resume(model):
+        pytest.skip("the suffix engine resumes HookedTransformer runs only (docs/backends.md)")
+    fast = FastForward(model)
+    _, cache = model.run_with_cache(tokens)
+    n_pos = tokens.shape[1]
+    assert n_pos > 16
+    for layer in range(2):
+        for p, end in ((3, 9), (5, n_pos), (17, n_pos)):  # keys: 9 of 16 read, 22 and 22
+            keys = [cache[f"blocks.{i}.attn.hook_k"][:, :p] for i in range(layer, 2)]
+            values = [cache[f"blocks.{i}.attn.hook_v"][:, :p] for i in range(layer, 2)]
+            resid = cache[f"blocks.{layer}.hook_resid_pre"][:, p:end].clone()
+            resid[:, 0] = resid[:, 0].roll(1, 0)
+            known = tuple(cache[f"blocks.{layer}.attn.hook_{kv}"] for kv in "kvq")
+            want = backend.run_suffix(model, resid, layer, keys, values)
+            for queries in (None, [0, end - p - 1], [end - p - 1, 1]):
+                got = fast.resume(resid, layer, keys, values, queries, known)
+                torch.testing.assert_close(got, want if queries is None else want[:, queries],
+                                           atol=1e-5, rtol=1e-5)
 
 
 def test_logits_at_uses_the_fused_forward_only_without_hooks(task_and_tokens):
