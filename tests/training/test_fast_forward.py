@@ -131,6 +131,18 @@ def test_resumed_suffix_equals_the_full_run(task_and_tokens, fused):
         backend.resume_logits(model, resid, 2, keys[-1:], values[-1:], [-1, 2])
 
 
+def _resumable(task, tokens, seed: int):
+    """A 2-layer model for ``task`` (skipped where runs cannot resume), its FastForward, and
+    its whole run's activations on ``tokens``."""
+    from memlens import backend
+
+    model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=4), task, seed=seed)
+    if not backend.can_resume(model):
+        pytest.skip("the suffix engine resumes HookedTransformer runs only (docs/backends.md)")
+    _, cache = model.run_with_cache(tokens)
+    return model, FastForward(model), cache
+
+
 def test_known_keys_after_a_first_position_patch_give_the_same_logits(task_and_tokens, monkeypatch):
     """A residual stream patched at its first suffix position alone: reusing the layer's
     recorded keys and values (and queries; ``known``, the whole recorded run, the patched
@@ -141,11 +153,7 @@ def test_known_keys_after_a_first_position_patch_give_the_same_logits(task_and_t
     from memlens.training import fast_forward
 
     task, tokens = task_and_tokens
-    model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=4), task, seed=7)
-    if not backend.can_resume(model):
-        pytest.skip("the suffix engine resumes HookedTransformer runs only (docs/backends.md)")
-    fast = FastForward(model)
-    _, cache = model.run_with_cache(tokens)
+    model, fast, cache = _resumable(task, tokens, seed=7)
     n_pos = tokens.shape[1]
     assert n_pos < fast_forward.SOFTMAX_FAST_WIDTH  # so that the padded rows are exercised
     fast_width = fast_forward.SOFTMAX_FAST_WIDTH
@@ -219,11 +227,7 @@ def test_known_keys_of_runs_longer_than_the_softmax_width(monkeypatch):
 
     task = make_task("fda", preset="tiny", n_digits=6)
     tokens = task.generate(0).train.tokens[:32]
-    model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=4), task, seed=3)
-    if not backend.can_resume(model):
-        pytest.skip("the suffix engine resumes HookedTransformer runs only (docs/backends.md)")
-    fast = FastForward(model)
-    _, cache = model.run_with_cache(tokens)
+    model, fast, cache = _resumable(task, tokens, seed=3)
     n_pos = tokens.shape[1]
     assert n_pos > 16
     for layer in range(2):
