@@ -397,10 +397,10 @@ def recorded_run(model: nn.Module, tokens: Tensor, names: set[str] | list[str],
     stream entering ``stop_at_layer``.
 
     A model :func:`resume_logits` would run fused, asked only for layers' ``hook_resid_pre``,
-    ``hook_resid_post``, ``attn.hook_q``, ``attn.hook_k`` and ``attn.hook_v``, is recorded by the fused forward
-    (:meth:`FastForward.record`, equal to float rounding); anything else runs the model's own
-    ``run_with_cache``. As there, a run stopped at layer ``l`` fires no hook of layer ``l`` or
-    later.
+    ``hook_resid_post``, ``attn.hook_q``, ``attn.hook_k`` and ``attn.hook_v``, is recorded by
+    the fused forward (:meth:`FastForward.record`, equal to float rounding); anything else runs
+    the model's own ``run_with_cache``. As there, a run stopped at layer ``l`` fires no hook of
+    layer ``l`` or later.
 
     ``prefix``: keys and values of the ``b`` positions before ``tokens`` for every layer run
     (:meth:`FastForward.record`); what is returned then covers positions ``b..`` alone. Only
@@ -410,7 +410,8 @@ def recorded_run(model: nn.Module, tokens: Tensor, names: set[str] | list[str],
 
     names = set(names)
     n_layers = model.cfg.n_layers
-    index = None if logit_positions is None else torch.as_tensor(logit_positions, dtype=torch.long, device=tokens.device)
+    index = None if logit_positions is None else \
+        torch.as_tensor(logit_positions, dtype=torch.long, device=tokens.device)
     where = {name: _recorded_as(name, n_layers) for name in names}
     # With logit positions the last layer's output would exist at those alone: when its
     # resid_post is asked for, the whole run is recorded and the logits indexed afterwards.

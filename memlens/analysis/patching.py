@@ -201,6 +201,7 @@ def patch_grid(model: Model, source: Int[Tensor, "n pos"], target: Int[Tensor, "
             results.update(((layer, pos, c), v) for c, v in zip(components, values))
     return _stack(results, layers, positions, components)
 
+
 def _source_run(model, source: Tensor, names: list[str], stop: int | None,
                 target_acts: dict[str, Tensor] | None = None, target: Tensor | None = None
                 ) -> dict[str, Tensor]:

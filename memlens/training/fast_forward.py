@@ -171,7 +171,8 @@ class FastForward(nn.Module):
             resid.append(x)
             kv: list[torch.Tensor] = []
             last = positions is not None and layer == cfg.n_layers - 1
-            before = None if prefix is None else (prefix[0][layer].transpose(1, 2), prefix[1][layer].transpose(1, 2))
+            before = None if prefix is None else \
+                (prefix[0][layer].transpose(1, 2), prefix[1][layer].transpose(1, 2))
             x = self._block(w, f"blocks.{layer}", x, positions if last else None, before, kv_out=kv,
                             record_queries=queries)
             keys.append(kv[0])
@@ -356,8 +357,8 @@ class FastForward(nn.Module):
             elif later_slots:  # W_Q alone: the first third of the fused product's columns
                 width = heads * d_head
                 h = self._norm(w, f"{p}.ln1", x[:, [t - before for t in later]])
-                q[:, :, later_slots] = torch.addmm(b_qkv[:width], h.reshape(n * len(later), -1),
-                                                   w_qkv[:, :width]).view(n, len(later), heads, d_head).transpose(1, 2)
+                q_later = torch.addmm(b_qkv[:width], h.reshape(n * len(later), -1), w_qkv[:, :width])
+                q[:, :, later_slots] = q_later.view(n, len(later), heads, d_head).transpose(1, 2)
         absolute = torch.tensor([before + t for t in want], device=x.device)
         mask = torch.arange(n_keys, device=x.device) > absolute[:, None]  # (queries, keys)
         if q.is_cuda if self.fused_attention is None else self.fused_attention:
