@@ -421,7 +421,7 @@ def recorded_run(model: nn.Module, tokens: Tensor, names: set[str] | list[str],
         raise BackendError("a recorded run with a prefix needs the fused record (backend.records_fused) "
                            "and no logit positions")
     with torch.no_grad():
-        if _fused(model) and None not in where.values():
+        if records_fused(model, names):
             queries = any(w[0] == "queries" for w in where.values())
             out, resid, keys, values, qs = FastForward(model).record(
                 tokens, stop_at_layer, None if partial else index, logits=return_logits, queries=queries,

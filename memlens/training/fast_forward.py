@@ -165,6 +165,10 @@ class FastForward(nn.Module):
                 raise ValueError(f"prefix holds keys and values of {len(prefix[0])} and {len(prefix[1])} "
                                  f"layers: expected {end}, one per layer run")
             start = prefix[0][0].shape[1]
+            shapes = {tuple(kv.shape[:2]) for kv in prefix[0][:end] + prefix[1][:end]}
+            if shapes != {(n, start)}:
+                raise ValueError(f"prefix keys and values have (batch, positions) {sorted(shapes)}: "
+                                 f"expected ({n}, {start}) in every layer")
         x = w["embed.W_E"][tokens] + w["pos_embed.W_pos"][start:start + pos]
         resid, keys, values, qs = [], [], [], []
         for layer in range(end):

@@ -332,6 +332,8 @@ def test_recorded_run_after_a_prefix_equals_the_whole_run(task_and_tokens):
             backend.recorded_run(model, tokens[:, b:], names, prefix=prefix)
     with pytest.raises(ValueError, match="prefix holds keys and values of 1 and 1 layers: expected 3"):
         FastForward(model).record(tokens[:, b:], prefix=([prefix[0][0]], [prefix[1][0]]))
+    with pytest.raises(ValueError, match=rf"\(batch, positions\) \[\(1, {b}\), \({len(tokens)}, {b}\)\]"):
+        FastForward(model).record(tokens[:, b:], prefix=([prefix[0][0][:1]] + prefix[0][1:], prefix[1]))
 
 
 def test_cached_activations_stop_early_and_equal_run_with_cache(task_and_tokens):
