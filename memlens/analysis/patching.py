@@ -34,6 +34,7 @@ tokens themselves (the suffix runs start past the embedding), as the look-up tes
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 
@@ -175,7 +176,7 @@ def patch_grid(model: Model, source: Int[Tensor, "n pos"], target: Int[Tensor, "
                                       (hook, tuple(layers), None))
         results = _patch_whole(model, target, _TargetRun(logits, acts), hook, layers,
                                positions, components, source_cache, read, chunk_size,
-                               _Once(lambda: torch.as_tensor(read(logits)).detach().cpu()))
+                               functools.cache(lambda: torch.as_tensor(read(logits)).detach().cpu()))
         return _stack(results, layers, positions, components)
     # The suffix engine reads the target's logits at the read positions only.
     target_read, acts = _target_record(model, target, wanted, reads, target_cache,
@@ -186,7 +187,8 @@ def patch_grid(model: Model, source: Int[Tensor, "n pos"], target: Int[Tensor, "
     target_run = _TargetRun(target_read, acts)
     results: dict[tuple, Tensor] = {}
     reads = list(range(n_pos)) if reads is None else reads
-    unpatched = _Once(lambda: torch.as_tensor(metric(target_read)).detach().cpu())
+    # The metric of the unpatched target, computed once for every grid point that changes nothing.
+    unpatched = functools.cache(lambda: torch.as_tensor(metric(target_read)).detach().cpu())
     inside = [pos for pos in positions if pos < horizon]
     for layer in layers:
         name = hook_name(hook, layer)
@@ -228,19 +230,6 @@ def _source_run(model, source: Tensor, names: list[str], stop: int | None,
     if start:
         acts = {name: torch.cat([target_acts[name][:, :start], act], 1) for name, act in acts.items()}
     return acts
-
-
-class _Once:
-    """A value computed on first use: the metric of the unpatched target, which every grid
-    point that changes no example shares."""
-
-    def __init__(self, compute: Callable[[], Tensor]):
-        self.compute, self.value = compute, None
-
-    def __call__(self) -> Tensor:
-        if self.value is None:
-            self.value = self.compute()
-        return self.value
 
 
 def _target_record(model, target: Tensor, wanted: set[str], reads: list[int] | None, cache: dict | None,

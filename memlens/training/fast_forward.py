@@ -265,12 +265,14 @@ class FastForward(nn.Module):
         w_qkv = torch.stack([w[f"{p}.attn.W_{c}"] for c in "QKV"]).permute(2, 0, 1, 3).reshape(cfg.d_model, -1)
         b_qkv = torch.stack([w[f"{p}.attn.b_{c}"] for c in "QKV"]).reshape(-1)
         before = 0 if prefix is None else prefix[0].shape[2]
+        # The query positions as an index: a view where they are consecutive host positions.
+        take = None if queries is None else _as_slice(query_list) if query_list is not None else queries
         if known is not None:
             if kv_out is not None:
                 raise ValueError("kv_out records a whole block's keys; with known they are not computed")
             z = self._patched_first_attention(w, p, x, w_qkv, b_qkv, known, query_list, before)
-            if queries is not None:
-                x = x[:, _as_slice(query_list) if query_list is not None else queries]
+            if take is not None:
+                x = x[:, take]
         else:
             h = self._norm(w, f"{p}.ln1", x)
             q, k, v = torch.addmm(b_qkv, h.reshape(n * pos, -1), w_qkv).view(n, pos, 3, heads, d_head) \
@@ -281,7 +283,6 @@ class FastForward(nn.Module):
                 kv_out.extend((k.contiguous().transpose(1, 2), v.contiguous().transpose(1, 2)))
                 if record_queries:
                     kv_out.append(q.contiguous().transpose(1, 2))
-            take = None if queries is None else _as_slice(query_list) if query_list is not None else queries
             if take is not None:
                 q = q[:, :, take]
             if before:
@@ -351,18 +352,21 @@ class FastForward(nn.Module):
         first_slots = [i for i, t in enumerate(want) if t == 0]
         later_slots = [i for i, t in enumerate(want) if t > 0]
         later = [before + want[i] for i in later_slots]
-        if len(known) == 3 and not first_slots:
-            q = known[2].transpose(1, 2)[:, :, _as_slice(later)].to(q0.dtype)
-        else:
+        q_later = None
+        if later_slots and len(known) == 3:
+            q_later = known[2].transpose(1, 2)[:, :, _as_slice(later)].to(q0.dtype)
+        elif later_slots:  # W_Q alone: the first third of the fused product's columns
+            width = heads * d_head
+            h = self._norm(w, f"{p}.ln1", x[:, [t - before for t in later]])
+            q_later = torch.addmm(b_qkv[:width], h.reshape(n * len(later), -1), w_qkv[:, :width]) \
+                .view(n, len(later), heads, d_head).transpose(1, 2)
+        if first_slots:
             q = q0.new_empty(n, heads, len(want), d_head)
             q[:, :, first_slots] = q0[:, :, None]
-            if later_slots and len(known) == 3:
-                q[:, :, later_slots] = known[2].transpose(1, 2)[:, :, _as_slice(later)].to(q0.dtype)
-            elif later_slots:  # W_Q alone: the first third of the fused product's columns
-                width = heads * d_head
-                h = self._norm(w, f"{p}.ln1", x[:, [t - before for t in later]])
-                q_later = torch.addmm(b_qkv[:width], h.reshape(n * len(later), -1), w_qkv[:, :width])
-                q[:, :, later_slots] = q_later.view(n, len(later), heads, d_head).transpose(1, 2)
+            if q_later is not None:
+                q[:, :, later_slots] = q_later
+        else:  # the recorded or projected queries as they are
+            q = q_later
         absolute = torch.tensor([before + t for t in want], device=x.device)
         mask = torch.arange(n_keys, device=x.device) > absolute[:, None]  # (queries, keys)
         if q.is_cuda if self.fused_attention is None else self.fused_attention:
