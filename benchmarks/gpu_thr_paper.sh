@@ -11,7 +11,8 @@
 # claims 1-2 threshold at E = 400 (batch 2,048, lr 3e-3, a 64-pass cosine schedule: generalized
 # at 41-44 passes over the two-hop queries, memorized at 44-52) and at E = 800 (batch 4,096, lr
 # 3e-3, weight decay 0.5, 65 passes: generalized at 47, memorized at 53, test 0.956), while
-# weight decay 1.0 at E = 800 left recall at 0.74. The passes needed grow with E, so at
+# weight decay 1.0 at E = 800 left recall at 0.74; with R = 80 (200 facts a relation, as here)
+# E = 800 met them at 65 and 91 passes. The passes needed grow with E, so at
 # E = 2,000 the candidates run 91 passes at batch 4,096 (176 steps a pass: 16,000 steps), with
 # G3 at 65 passes to bracket; weight decay 0.5. A launch-bound GPU runs these in minutes at this
 # sequence length (5 tokens).
